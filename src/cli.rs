@@ -1,0 +1,156 @@
+//! Command-line parsing only; `main` maps results to exit codes.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use sealroot::tpm::pcr::{PcrBank, parse_pcr_list};
+
+pub const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  other failure
+  2  usage error or bad input (wrong passphrase, refused removal)
+  3  no usable token (none enrolled, corrupt, or sealed by another TPM)
+  4  TPM unavailable
+  5  policy mismatch: a PCR changed since enrollment (or the fence is extended)
+  6  wrong PIN, PIN needed, or dictionary-attack lockout
+  7  device missing or not LUKS2
+
+TPM: --tcti, else $SEALROOT_TCTI, else device:/dev/tpmrm0, else device:/dev/tpm0
+(tpm2-tss spelling: device:PATH, swtpm:host=H,port=P, mssim:host=H,port=P).
+Logging: SEALROOT_LOG=info|debug (never shows secrets).";
+
+#[derive(Parser)]
+#[command(
+    name = "sealroot",
+    version,
+    about = "Unlock LUKS2 volumes at boot with a key sealed to the TPM",
+    after_help = EXIT_CODES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Clone)]
+pub struct TctiArg {
+    /// TPM to use, in tpm2-tss TCTI spelling.
+    #[arg(long, value_name = "TCTI")]
+    pub tcti: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Seal a new key to this TPM and add a keyslot and token for it.
+    #[command(after_help = EXIT_CODES)]
+    Enroll {
+        device: PathBuf,
+        /// PCRs bound to their current values ("7", "4,9"); the fence PCR is added on top.
+        /// Default 7: Secure Boot state, stable across kernel updates.
+        #[arg(long, value_name = "LIST", value_parser = parse_pcrs, default_value = "7")]
+        pcrs: PcrList,
+        #[arg(long, value_name = "BANK", default_value = "sha256", value_parser = clap::value_parser!(PcrBank))]
+        pcr_bank: PcrBank,
+        /// Also require a PIN (asked twice on the terminal, or read from --pin-file).
+        #[arg(long)]
+        pin: bool,
+        /// File holding the new PIN (one trailing newline ignored); `-` for stdin.
+        #[arg(long, value_name = "FILE", requires = "pin")]
+        pin_file: Option<PathBuf>,
+        /// File holding an existing passphrase, exact bytes (as cryptsetup --key-file).
+        #[arg(long, value_name = "FILE")]
+        unlock_key_file: Option<PathBuf>,
+        /// Also add a recovery key, printed once on stdout.
+        #[arg(long)]
+        recovery_key: bool,
+        /// PCR that must still be at its reset value (all zeros), extended after unlocking;
+        /// `none` to disable the fence.
+        #[arg(long, value_name = "N|none", default_value = "15", value_parser = parse_fence)]
+        fence_pcr: FencePcr,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
+    /// Unseal and open volumes: DEVICE NAME [DEVICE NAME...], then extend the fence once.
+    #[command(after_help = EXIT_CODES)]
+    Unlock {
+        #[arg(value_name = "DEVICE NAME", num_args = 2.., required = true)]
+        pairs: Vec<String>,
+        /// Verify the key against the keyslot without activating (fences like a real unlock).
+        #[arg(long)]
+        test: bool,
+        /// File holding the PIN for PIN-protected tokens; `-` for stdin.
+        #[arg(long, value_name = "FILE")]
+        pin_file: Option<PathBuf>,
+        /// Do not extend the fence PCR afterwards.
+        #[arg(long)]
+        no_fence: bool,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
+    /// Show tokens, keyslots and whether each enrolled PCR still matches.
+    #[command(after_help = EXIT_CODES)]
+    Status {
+        device: PathBuf,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
+    /// Open a volume with the recovery key or a passphrase (no TPM needed).
+    #[command(after_help = EXIT_CODES)]
+    Recover {
+        device: PathBuf,
+        name: String,
+        #[arg(long)]
+        test: bool,
+        /// Read the key from FILE (`-` for stdin) instead of the terminal.
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
+    },
+    /// Remove sealroot tokens and their keyslots.
+    #[command(after_help = EXIT_CODES)]
+    Remove {
+        device: PathBuf,
+        #[arg(
+            long,
+            value_name = "ID",
+            conflicts_with = "all",
+            required_unless_present = "all"
+        )]
+        token: Option<u32>,
+        #[arg(long)]
+        all: bool,
+        /// Remove even the last keyslot that opens the volume.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Extend the fence PCR now (for hooks with nothing to unlock).
+    #[command(after_help = EXIT_CODES)]
+    Fence {
+        #[arg(long, value_name = "N", default_value_t = 15, value_parser = clap::value_parser!(u32).range(0..24))]
+        pcr: u32,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct PcrList(pub Vec<u32>);
+
+fn parse_pcrs(s: &str) -> Result<PcrList, String> {
+    parse_pcr_list(s).map(PcrList)
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct FencePcr(pub Option<u32>);
+
+fn parse_fence(s: &str) -> Result<FencePcr, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(FencePcr(None));
+    }
+    match parse_pcr_list(s)?.as_slice() {
+        [one] => Ok(FencePcr(Some(*one))),
+        _ => Err("give one PCR number or 'none'".into()),
+    }
+}

@@ -1,0 +1,184 @@
+//! `sealroot enroll`: seal a fresh secret to the TPM and add a keyslot and token for it.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+
+use super::LazyTpm;
+use crate::error::{Error, Result};
+use crate::input;
+use crate::luks::Volume;
+use crate::pin;
+use crate::recovery;
+use crate::secret::Secret;
+use crate::token::{PinParams, RECOVERY_TOKEN_TYPE, SealrootToken};
+use crate::tpm::pcr::{self, PcrBank};
+use crate::tpm::policy::PolicySpec;
+use crate::tpm::{seal, srk};
+
+pub struct EnrollOptions {
+    pub device: PathBuf,
+    /// PCRs bound to their current values (the fence PCR is added separately).
+    pub pcrs: Vec<u32>,
+    pub bank: PcrBank,
+    pub pin: bool,
+    pub pin_file: Option<PathBuf>,
+    pub unlock_key_file: Option<PathBuf>,
+    pub recovery_key: bool,
+    pub fence_pcr: Option<u32>,
+    pub tcti: Option<String>,
+}
+
+pub struct Enrolled {
+    pub token: u32,
+    pub keyslot: u32,
+    pub recovery_keyslot: Option<u32>,
+}
+
+pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
+    if let Some(f) = o.fence_pcr
+        && f >= pcr::PCR_COUNT
+    {
+        return Err(Error::Usage(format!("fence PCR {f} out of range (0-23)")));
+    }
+    let mut vol = Volume::open(&o.device)?;
+    let existing = match &o.unlock_key_file {
+        Some(p) => input::read_key_file(p)?,
+        None => input::read_terminal(&format!("Passphrase that opens {}: ", o.device.display()))?,
+    };
+    // Fail on a wrong passphrase before the TPM is touched or anything is written.
+    vol.volume_key(None, existing.expose())?;
+
+    let pin_secret = if o.pin { Some(read_new_pin(o)?) } else { None };
+
+    let mut tpm = LazyTpm::new(o.tcti.as_deref());
+    let ctx = tpm.get()?;
+    let srk = srk::get_or_create(ctx)?;
+
+    let bound: Vec<u32> = o
+        .pcrs
+        .iter()
+        .copied()
+        .filter(|&p| Some(p) != o.fence_pcr)
+        .collect();
+    let current = pcr::read(ctx, o.bank, &bound)?;
+    let mut pcrs: Vec<(u32, Vec<u8>)> = current.into_iter().collect();
+    if let Some(f) = o.fence_pcr {
+        // The fence PCR is expected at its reset value: it is extended right after the
+        // initrd unlocks, so only the initrd of a freshly reset TPM can unseal.
+        pcrs.push((f, vec![0u8; o.bank.digest_len()]));
+    }
+    pcrs.sort_by_key(|(i, _)| *i);
+    if pcrs.is_empty() {
+        log::warn!("no PCRs selected: any boot of this machine can unseal the key");
+    }
+
+    let pin_params = match &pin_secret {
+        Some(_) => Some(PinParams {
+            salt: Secret::random(pin::SALT_LEN)
+                .map_err(|e| Error::Other(format!("no randomness: {e}")))?
+                .expose()
+                .to_vec(),
+            iterations: pin::DEFAULT_ITERATIONS,
+        }),
+        None => None,
+    };
+    let auth = match (&pin_secret, &pin_params) {
+        (Some(p), Some(params)) => Some(pin::auth_value(p, &params.salt, params.iterations)),
+        _ => None,
+    };
+    let policy = PolicySpec {
+        bank: o.bank,
+        pcrs: &pcrs,
+        pin: auth.is_some(),
+    }
+    .digest();
+
+    let secret = Secret::random(32).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
+    let sealed = seal::seal(ctx, srk.handle, &secret, &policy, auth.as_ref())?;
+    let passphrase = passphrase_of(&secret);
+
+    // From here on the header changes; each step undoes the previous one if it fails.
+    let keyslot = vol.add_keyslot(existing.expose(), passphrase.expose())?;
+    let token = SealrootToken {
+        keyslot,
+        sealed,
+        srk_handle: srk::SRK_HANDLE,
+        srk_public: srk.public_bytes()?,
+        bank: o.bank,
+        pcrs,
+        policy_digest: policy,
+        fence_pcr: o.fence_pcr,
+        pin: pin_params,
+    };
+    let token_id = match vol.add_token(&token.to_json()) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = vol.destroy_keyslot(keyslot);
+            return Err(e.into());
+        }
+    };
+
+    let recovery_keyslot = if o.recovery_key {
+        Some(add_recovery_key(&mut vol, &existing)?)
+    } else {
+        None
+    };
+    Ok(Enrolled {
+        token: token_id,
+        keyslot,
+        recovery_keyslot,
+    })
+}
+
+/// The LUKS passphrase of a sealed secret: its standard base64 (as systemd does), so the
+/// keyslot passphrase is printable and the same derivation serves foreign tokens.
+pub fn passphrase_of(secret: &Secret) -> Secret {
+    let mut out = Secret::zeroed(secret.len().div_ceil(3) * 4);
+    let n = B64
+        .encode_slice(secret.expose(), out.expose_mut())
+        .unwrap_or(0);
+    out.truncate(n);
+    out
+}
+
+fn read_new_pin(o: &EnrollOptions) -> Result<Secret> {
+    let pin = match &o.pin_file {
+        Some(p) => input::read_line_file(p)?,
+        None => {
+            let first = input::read_terminal("New PIN: ")?;
+            let again = input::read_terminal("Repeat PIN: ")?;
+            if first != again {
+                return Err(Error::Usage("the PINs differ; nothing was changed".into()));
+            }
+            first
+        }
+    };
+    if pin.is_empty() {
+        return Err(Error::Usage("the PIN is empty; nothing was changed".into()));
+    }
+    Ok(pin)
+}
+
+fn add_recovery_key(vol: &mut Volume, existing: &Secret) -> Result<u32> {
+    let key = recovery::generate().map_err(|e| Error::Other(format!("no randomness: {e}")))?;
+    let slot = vol.add_keyslot(existing.expose(), key.expose())?;
+    let marker = serde_json::json!({
+        "type": RECOVERY_TOKEN_TYPE,
+        "keyslots": [slot.to_string()],
+    });
+    if let Err(e) = vol.add_token(&marker) {
+        let _ = vol.destroy_keyslot(slot);
+        return Err(e.into());
+    }
+    // The one time the key is shown: on stdout, so it can be captured; never logged.
+    eprintln!("sealroot: recovery key for keyslot {slot} (shown once; store it safely):");
+    let mut out = std::io::stdout().lock();
+    out.write_all(key.expose())
+        .and_then(|_| out.write_all(b"\n"))
+        .and_then(|_| out.flush())
+        .map_err(|e| Error::Other(format!("cannot print the recovery key: {e}")))?;
+    Ok(slot)
+}

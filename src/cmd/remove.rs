@@ -1,0 +1,84 @@
+//! `sealroot remove`: drop sealroot tokens and their keyslots, never the last way in.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use crate::error::{Error, Result};
+use crate::luks::Volume;
+use crate::token::{TOKEN_TYPE, token_keyslots, token_type};
+
+pub struct RemoveOptions {
+    pub device: PathBuf,
+    /// None: every sealroot token.
+    pub token: Option<u32>,
+    pub force: bool,
+}
+
+pub struct Removed {
+    pub tokens: Vec<u32>,
+    pub keyslots: Vec<u32>,
+}
+
+pub fn run(o: &RemoveOptions) -> Result<Removed> {
+    let mut vol = Volume::open(&o.device)?;
+    let tokens = vol.tokens()?;
+    let chosen: Vec<_> = match o.token {
+        Some(id) => {
+            let t = tokens
+                .iter()
+                .find(|t| t.id == id)
+                .ok_or_else(|| Error::Usage(format!("{}: no token {id}", o.device.display())))?;
+            if token_type(&t.json) != TOKEN_TYPE {
+                return Err(Error::Usage(format!(
+                    "token {id} is a '{}' token, not a sealroot token; sealroot removes only its own",
+                    token_type(&t.json)
+                )));
+            }
+            vec![t]
+        }
+        None => tokens
+            .iter()
+            .filter(|t| token_type(&t.json) == TOKEN_TYPE)
+            .collect(),
+    };
+    if chosen.is_empty() {
+        return Err(Error::NoUsableToken(format!(
+            "{}: no sealroot token to remove",
+            o.device.display()
+        )));
+    }
+    let chosen_ids: BTreeSet<u32> = chosen.iter().map(|t| t.id).collect();
+    // A keyslot still claimed by a token that stays is kept.
+    let kept_claims: BTreeSet<u32> = tokens
+        .iter()
+        .filter(|t| !chosen_ids.contains(&t.id))
+        .flat_map(|t| token_keyslots(&t.json))
+        .collect();
+    let slots: BTreeSet<u32> = chosen
+        .iter()
+        .flat_map(|t| token_keyslots(&t.json))
+        .filter(|s| !kept_claims.contains(s))
+        .collect();
+    let active: BTreeSet<u32> = vol.keyslots()?.into_iter().map(|k| k.id).collect();
+    let remaining = active.difference(&slots).count();
+    if remaining == 0 && !o.force {
+        return Err(Error::Usage(format!(
+            "refusing to remove keyslot(s) {slots:?}: no other keyslot would open {}; add a passphrase first (cryptsetup luksAddKey), or pass --force",
+            o.device.display()
+        )));
+    }
+    // Token first: if destroying the keyslot then fails, the volume still opens with it by
+    // passphrase and no token points at a missing slot.
+    for id in &chosen_ids {
+        vol.remove_token(*id)?;
+    }
+    for slot in &slots {
+        if active.contains(slot) {
+            vol.destroy_keyslot(*slot)?;
+        }
+    }
+    Ok(Removed {
+        tokens: chosen_ids.into_iter().collect(),
+        keyslots: slots.into_iter().filter(|s| active.contains(s)).collect(),
+    })
+}

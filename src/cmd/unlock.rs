@@ -1,0 +1,279 @@
+//! `sealroot unlock`: unseal each volume's key with the TPM, open the volumes, then fence.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use super::LazyTpm;
+use super::enroll::passphrase_of;
+use crate::error::{Error, Result};
+use crate::input;
+use crate::luks::{LuksError, Volume};
+use crate::pin;
+use crate::secret::Secret;
+use crate::token::{SealrootToken, TOKEN_TYPE, token_type};
+use crate::tpm::fence::{self, DEFAULT_FENCE_PCR};
+use crate::tpm::seal::{self, UnsealRequest};
+use crate::tpm::{TpmError, pcr, srk};
+
+/// PIN attempts on a terminal before giving up on a token.
+const PIN_TRIES: usize = 3;
+
+pub struct UnlockOptions {
+    /// (device, mapping name) pairs.
+    pub targets: Vec<(PathBuf, String)>,
+    /// Verify the key against the keyslot without activating.
+    pub test: bool,
+    pub tcti: Option<String>,
+    pub pin_file: Option<PathBuf>,
+    pub no_fence: bool,
+}
+
+/// One line per volume that failed, already printed; the exit code of the worst.
+pub struct UnlockReport {
+    pub failures: Vec<(PathBuf, Error)>,
+    pub fence_error: Option<TpmError>,
+}
+
+pub fn run(o: &UnlockOptions) -> UnlockReport {
+    let mut tpm = LazyTpm::new(o.tcti.as_deref());
+    let mut pin_cache: Option<Secret> = None;
+    let mut measurements = Vec::new();
+    let mut fence_pcrs = BTreeSet::new();
+    let mut saw_token = false;
+    let mut failures = Vec::new();
+
+    for (device, name) in &o.targets {
+        let mut ctx = Attempt {
+            tpm: &mut tpm,
+            pin_file: o.pin_file.as_ref(),
+            pin_cache: &mut pin_cache,
+            fence_pcrs: &mut fence_pcrs,
+            saw_token: &mut saw_token,
+        };
+        match unlock_volume(&mut ctx, device, name, o.test) {
+            Ok((uuid, volume_key)) => {
+                measurements.push(fence::unlocked_measurement(
+                    volume_key.expose(),
+                    name,
+                    &uuid,
+                ));
+                log::info!("{}: unlocked as {name}", device.display());
+            }
+            Err((uuid, e)) => {
+                let uuid = uuid.unwrap_or_else(|| device.display().to_string());
+                measurements.push(fence::failed_measurement(name, &uuid));
+                failures.push((device.clone(), e));
+            }
+        }
+    }
+
+    let mut fence_error = None;
+    if !o.no_fence {
+        if !saw_token {
+            fence_pcrs.insert(DEFAULT_FENCE_PCR);
+        }
+        for pcr in fence_pcrs {
+            let r = tpm
+                .get()
+                .and_then(|ctx| fence::extend(ctx, pcr, &measurements));
+            if let Err(e) = r {
+                fence_error = Some(e);
+            } else {
+                log::info!("fence PCR {pcr} extended");
+            }
+        }
+    }
+    UnlockReport {
+        failures,
+        fence_error,
+    }
+}
+
+struct Attempt<'a> {
+    tpm: &'a mut LazyTpm,
+    pin_file: Option<&'a PathBuf>,
+    pin_cache: &'a mut Option<Secret>,
+    fence_pcrs: &'a mut BTreeSet<u32>,
+    saw_token: &'a mut bool,
+}
+
+type VolumeResult = std::result::Result<(String, Secret), (Option<String>, Error)>;
+
+fn unlock_volume(a: &mut Attempt<'_>, device: &std::path::Path, name: &str, test: bool) -> VolumeResult {
+    let mut vol = Volume::open(device).map_err(|e| (None, e.into()))?;
+    let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
+    let fail = |e: Error| (Some(uuid.clone()), e);
+    let entries = vol.tokens().map_err(|e| fail(e.into()))?;
+    let ours: Vec<_> = entries
+        .iter()
+        .filter(|t| token_type(&t.json) == TOKEN_TYPE)
+        .collect();
+    if ours.is_empty() {
+        return Err(fail(Error::NoUsableToken(format!(
+            "no sealroot token on {}; enroll one with `sealroot enroll`, or use `sealroot recover`",
+            device.display()
+        ))));
+    }
+    let mut best: Option<Error> = None;
+    for entry in ours {
+        let attempt = SealrootToken::from_json(entry.id, &entry.json)
+            .map_err(|e| {
+                Error::NoUsableToken(format!("{e}; use `sealroot recover`, then re-enroll"))
+            })
+            .and_then(|token| {
+                *a.saw_token = true;
+                if let Some(f) = token.fence_pcr {
+                    a.fence_pcrs.insert(f);
+                }
+                unlock_with_token(a, &mut vol, &token, name, test)
+            });
+        match attempt {
+            Ok(vk) => return Ok((uuid, vk)),
+            Err(e) => {
+                log::info!("{}: token {}: {e}", device.display(), entry.id);
+                if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
+                    best = Some(e);
+                }
+            }
+        }
+    }
+    Err(fail(best.unwrap_or_else(|| {
+        Error::NoUsableToken("no token could be used".into())
+    })))
+}
+
+fn unlock_with_token(
+    a: &mut Attempt<'_>,
+    vol: &mut Volume,
+    token: &SealrootToken,
+    name: &str,
+    test: bool,
+) -> Result<Secret> {
+    let ctx = a.tpm.get()?;
+    let srk_public = srk::public_from_tpm2b(&token.srk_public)?;
+    let parent = srk::expect(ctx, token.srk_handle, &srk_public)?;
+    let pcrs = token.pcr_indexes();
+    let secret = unseal_token(a, vol, token, parent, &pcrs).map_err(|e| match e {
+        Error::Tpm(TpmError::PolicyMismatch { .. }) => match a.tpm.get() {
+            Ok(ctx) => Error::Tpm(TpmError::PolicyMismatch {
+                detail: mismatch_detail(ctx, token),
+            }),
+            Err(_) => e,
+        },
+        other => other,
+    })?;
+    let passphrase = passphrase_of(&secret);
+    drop(secret);
+    let (_, volume_key) = vol
+        .volume_key(Some(token.keyslot), passphrase.expose())
+        .map_err(|e| match e {
+            LuksError::WrongPassphrase { .. } => Error::NoUsableToken(format!(
+                "the unsealed key does not open keyslot {} (token and keyslot out of sync); use `sealroot recover`, then re-enroll",
+                token.keyslot
+            )),
+            other => other.into(),
+        })?;
+    if !test {
+        vol.activate(name, &volume_key)?;
+    }
+    Ok(volume_key)
+}
+
+/// Names the PCRs that differ from the token (read only on this failure path, so a normal
+/// unlock sends no extra commands).
+fn mismatch_detail(ctx: &mut tss_esapi::Context, token: &SealrootToken) -> String {
+    let Ok(now) = pcr::read(ctx, token.bank, &token.pcr_indexes()) else {
+        return String::new();
+    };
+    let differ: Vec<u32> = token
+        .pcrs
+        .iter()
+        .filter(|(i, v)| now.get(i) != Some(v))
+        .map(|(i, _)| *i)
+        .collect();
+    let fenced = token.fence_pcr.is_some_and(|f| differ.contains(&f));
+    let list: Vec<String> = differ.iter().map(u32::to_string).collect();
+    match (differ.len(), fenced) {
+        (0, _) => String::new(),
+        (1, true) => format!(
+            " (fence PCR {} already extended: this boot has unlocked once; reboot to unlock again)",
+            list[0]
+        ),
+        (1, false) => format!(" ({} PCR {} differs)", token.bank, list[0]),
+        (_, _) => format!(" ({} PCRs {} differ)", token.bank, list.join(", ")),
+    }
+}
+
+fn unseal_token(
+    a: &mut Attempt<'_>,
+    vol: &Volume,
+    token: &SealrootToken,
+    parent: tss_esapi::handles::KeyHandle,
+    pcrs: &[u32],
+) -> Result<Secret> {
+    let ctx = a.tpm.get()?;
+    Ok(match &token.pin {
+        None => seal::unseal(
+            ctx,
+            &UnsealRequest {
+                parent,
+                object: &token.sealed,
+                bank: token.bank,
+                pcrs,
+                expected_pcr_digest: token.expected_pcr_digest(),
+                auth: None,
+            },
+        )?,
+        Some(params) => {
+            let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
+                1
+            } else {
+                PIN_TRIES
+            };
+            let mut last = Error::Tpm(TpmError::WrongPin);
+            let mut unsealed = None;
+            for _ in 0..tries {
+                let pin = match a.pin_cache.take() {
+                    Some(p) => p,
+                    None => read_pin(a.pin_file, vol)?,
+                };
+                let auth = pin::auth_value(&pin, &params.salt, params.iterations);
+                let ctx = a.tpm.get()?;
+                match seal::unseal(
+                    ctx,
+                    &UnsealRequest {
+                        parent,
+                        object: &token.sealed,
+                        bank: token.bank,
+                        pcrs,
+                        expected_pcr_digest: token.expected_pcr_digest(),
+                        auth: Some(&auth),
+                    },
+                ) {
+                    Ok(s) => {
+                        // The same PIN often serves several volumes: keep it for them.
+                        *a.pin_cache = Some(pin);
+                        unsealed = Some(s);
+                        break;
+                    }
+                    Err(TpmError::WrongPin) => {
+                        eprintln!("sealroot: wrong PIN");
+                        last = Error::Tpm(TpmError::WrongPin);
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            unsealed.ok_or(last)?
+        }
+    })
+}
+
+fn read_pin(pin_file: Option<&PathBuf>, vol: &Volume) -> Result<Secret> {
+    match pin_file {
+        Some(p) => input::read_line_file(p),
+        None if input::terminal_available() => {
+            input::read_terminal(&format!("TPM PIN for {}: ", vol.path().display()))
+        }
+        None => Err(Error::Tpm(TpmError::PinNeeded)),
+    }
+}

@@ -1,0 +1,14 @@
+//! sealroot: unlock LUKS2 volumes at boot with a key sealed to the TPM.
+//!
+//! Layers, top to bottom: `cmd` (one verb each) joins `tpm` (knows no LUKS) and `luks`
+//! (knows no TPM) through `token` (the on-disk format); `secret` owns secret bytes.
+
+pub mod cmd;
+pub mod error;
+pub mod input;
+pub mod luks;
+pub mod pin;
+pub mod recovery;
+pub mod secret;
+pub mod token;
+pub mod tpm;

@@ -1,0 +1,5 @@
+//! LUKS2 through libcryptsetup. Knows nothing of the TPM: tokens are plain JSON here.
+
+pub mod volume;
+
+pub use volume::{LuksError, Volume};

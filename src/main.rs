@@ -1,0 +1,199 @@
+mod cli;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+use sealroot::cmd::{enroll, fence, recover, remove, status, unlock};
+use sealroot::error::{Error, exit};
+use sealroot::luks::volume::quiet_library_log;
+
+fn main() -> ExitCode {
+    quiet_tss_log();
+    init_logging();
+    let cli = Cli::parse();
+    quiet_library_log();
+    // Secrets must never reach swap or a core dump.
+    let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    ExitCode::from(run(cli.command))
+}
+
+/// tpm2-tss prints its own warnings on stderr for every TPM error, including expected ones;
+/// keep them off unless the user asked for them.
+fn quiet_tss_log() {
+    if std::env::var_os("TSS2_LOG").is_none() {
+        // SAFETY: called first thing in main, before any other thread exists.
+        unsafe { std::env::set_var("TSS2_LOG", "all+none") };
+    }
+}
+
+fn init_logging() {
+    // tss-esapi logs every failed TPM command at error level, including the expected ones
+    // (an empty SRK handle, a PCR mismatch); sealroot reports what matters itself.
+    let env = env_logger::Env::new().filter_or("SEALROOT_LOG", "warn,tss_esapi=off");
+    env_logger::Builder::from_env(env)
+        .format_timestamp(None)
+        .format_target(false)
+        .init();
+}
+
+fn report(e: &Error) -> u8 {
+    eprintln!("sealroot: {e}");
+    e.exit_code()
+}
+
+fn run(command: Command) -> u8 {
+    match command {
+        Command::Enroll {
+            device,
+            pcrs,
+            pcr_bank,
+            pin,
+            pin_file,
+            unlock_key_file,
+            recovery_key,
+            fence_pcr,
+            tcti,
+        } => {
+            let o = enroll::EnrollOptions {
+                device: device.clone(),
+                pcrs: pcrs.0,
+                bank: pcr_bank,
+                pin,
+                pin_file,
+                unlock_key_file,
+                recovery_key,
+                fence_pcr: fence_pcr.0,
+                tcti: tcti.tcti,
+            };
+            match enroll::run(&o) {
+                Ok(done) => {
+                    eprintln!(
+                        "sealroot: enrolled {}: token {}, keyslot {}{}",
+                        device.display(),
+                        done.token,
+                        done.keyslot,
+                        done.recovery_keyslot
+                            .map(|s| format!(", recovery keyslot {s}"))
+                            .unwrap_or_default()
+                    );
+                    exit::OK
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Command::Unlock {
+            pairs,
+            test,
+            pin_file,
+            no_fence,
+            tcti,
+        } => {
+            if pairs.len() % 2 != 0 {
+                return report(&Error::Usage(
+                    "unlock takes DEVICE NAME pairs; the last device has no name".into(),
+                ));
+            }
+            let targets = pairs
+                .chunks(2)
+                .map(|p| (PathBuf::from(&p[0]), p[1].clone()))
+                .collect();
+            let r = unlock::run(&unlock::UnlockOptions {
+                targets,
+                test,
+                tcti: tcti.tcti,
+                pin_file,
+                no_fence,
+            });
+            if let Some(e) = &r.fence_error {
+                eprintln!("sealroot: could not extend the fence PCR: {e}");
+            }
+            let mut code = exit::OK;
+            for (device, e) in &r.failures {
+                eprintln!("sealroot: {}: {e}", device.display());
+                if code == exit::OK {
+                    code = e.exit_code();
+                }
+            }
+            if code == exit::OK && r.fence_error.is_some() {
+                code = exit::FAILURE;
+            }
+            code
+        }
+        Command::Status { device, json, tcti } => {
+            match status::run(&status::StatusOptions {
+                device,
+                tcti: tcti.tcti,
+            }) {
+                Ok(v) => {
+                    if json {
+                        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                    } else {
+                        print!("{}", status::render_text(&v));
+                    }
+                    exit::OK
+                }
+                Err(e) => report(&e),
+            }
+        }
+        Command::Recover {
+            device,
+            name,
+            test,
+            key_file,
+        } => match recover::run(&recover::RecoverOptions {
+            device: device.clone(),
+            name: name.clone(),
+            test,
+            key_file,
+        }) {
+            Ok(slot) => {
+                if test {
+                    eprintln!(
+                        "sealroot: the key opens keyslot {slot} of {}",
+                        device.display()
+                    );
+                } else {
+                    eprintln!(
+                        "sealroot: {} opened as {name} with keyslot {slot}",
+                        device.display()
+                    );
+                }
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Remove {
+            device,
+            token,
+            all: _,
+            force,
+        } => match remove::run(&remove::RemoveOptions {
+            device: device.clone(),
+            token,
+            force,
+        }) {
+            Ok(r) => {
+                eprintln!(
+                    "sealroot: removed token(s) {:?} and keyslot(s) {:?} from {}",
+                    r.tokens,
+                    r.keyslots,
+                    device.display()
+                );
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Fence { pcr, tcti } => {
+            match fence::run(&fence::FenceOptions {
+                pcr,
+                tcti: tcti.tcti,
+            }) {
+                Ok(()) => exit::OK,
+                Err(e) => report(&e),
+            }
+        }
+    }
+}

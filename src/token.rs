@@ -1,0 +1,265 @@
+//! The `sealroot` LUKS2 token: everything needed to unseal a volume's key on this TPM,
+//! versioned JSON in the LUKS2 header. Parsing validates every field and cross-checks the
+//! policy, so a corrupt token is reported as such instead of as a PCR mismatch.
+
+use std::collections::BTreeMap;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::tpm::pcr::{PCR_COUNT, PcrBank};
+use crate::tpm::policy::{PolicySpec, pcr_values_digest};
+use crate::tpm::seal::SealedObject;
+use crate::tpm::srk::public_from_tpm2b;
+
+pub const TOKEN_TYPE: &str = "sealroot";
+/// Marks the keyslot of a recovery key, so `status` can name it and `remove --all` keeps it.
+pub const RECOVERY_TOKEN_TYPE: &str = "sealroot-recovery";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Fewer iterations than this would make a stolen token's PIN cheap to guess offline
+/// against a TPM without DA protection; more than this would stall the boot.
+const PIN_ITERATIONS_MIN: u32 = 1_000;
+const PIN_ITERATIONS_MAX: u32 = 10_000_000;
+
+#[derive(Debug, thiserror::Error)]
+#[error("token {id} is corrupt: {reason}")]
+pub struct TokenError {
+    pub id: u32,
+    pub reason: String,
+}
+
+/// The JSON as stored. Field names follow systemd's `tpm2_*` style where the meaning is the
+/// same, so tooling that knows one can read the other.
+#[derive(Serialize, Deserialize)]
+struct TokenJson {
+    #[serde(rename = "type")]
+    kind: String,
+    keyslots: Vec<String>,
+    sealroot_version: u32,
+    /// base64(TPM2B_PRIVATE ‖ TPM2B_PUBLIC) of the sealed object.
+    tpm2_blob: String,
+    /// "0x81000001".
+    tpm2_srk_handle: String,
+    /// base64(TPM2B_PUBLIC) of the parent, the salt key of every session.
+    tpm2_srk_public: String,
+    tpm2_pcr_bank: String,
+    tpm2_pcrs: Vec<u32>,
+    /// Expected value of every PCR in `tpm2_pcrs`, hex, keyed by decimal index.
+    tpm2_pcr_values: BTreeMap<String, String>,
+    /// hex of the policy digest the sealed object carries.
+    tpm2_policy_hash: String,
+    fence_pcr: Option<u32>,
+    tpm2_pin: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_pin_salt: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_pin_iterations: Option<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PinParams {
+    pub salt: Vec<u8>,
+    pub iterations: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealrootToken {
+    pub keyslot: u32,
+    pub sealed: SealedObject,
+    pub srk_handle: u32,
+    pub srk_public: Vec<u8>,
+    pub bank: PcrBank,
+    /// Ascending (index, expected value); the fence PCR, if any, expects all zeros.
+    pub pcrs: Vec<(u32, Vec<u8>)>,
+    pub policy_digest: [u8; 32],
+    pub fence_pcr: Option<u32>,
+    pub pin: Option<PinParams>,
+}
+
+impl SealrootToken {
+    pub fn pcr_indexes(&self) -> Vec<u32> {
+        self.pcrs.iter().map(|(i, _)| *i).collect()
+    }
+
+    pub fn expected_pcr_digest(&self) -> [u8; 32] {
+        pcr_values_digest(&self.pcrs)
+    }
+
+    /// The digest the policy of this token must have, computed in software.
+    pub fn computed_policy(&self) -> [u8; 32] {
+        PolicySpec {
+            bank: self.bank,
+            pcrs: &self.pcrs,
+            pin: self.pin.is_some(),
+        }
+        .digest()
+    }
+
+    pub fn to_json(&self) -> Value {
+        let json = TokenJson {
+            kind: TOKEN_TYPE.into(),
+            keyslots: vec![self.keyslot.to_string()],
+            sealroot_version: FORMAT_VERSION,
+            tpm2_blob: B64.encode(self.sealed.to_blob()),
+            tpm2_srk_handle: format!("0x{:08x}", self.srk_handle),
+            tpm2_srk_public: B64.encode(&self.srk_public),
+            tpm2_pcr_bank: self.bank.name().into(),
+            tpm2_pcrs: self.pcr_indexes(),
+            tpm2_pcr_values: self
+                .pcrs
+                .iter()
+                .map(|(i, v)| (i.to_string(), hex::encode(v)))
+                .collect(),
+            tpm2_policy_hash: hex::encode(self.policy_digest),
+            fence_pcr: self.fence_pcr,
+            tpm2_pin: self.pin.is_some(),
+            tpm2_pin_salt: self.pin.as_ref().map(|p| B64.encode(&p.salt)),
+            tpm2_pin_iterations: self.pin.as_ref().map(|p| p.iterations),
+        };
+        // Serializing a struct of strings, numbers and maps with string keys cannot fail.
+        serde_json::to_value(json).unwrap_or(Value::Null)
+    }
+
+    pub fn from_json(id: u32, value: &Value) -> Result<SealrootToken, TokenError> {
+        let bad = |reason: String| TokenError { id, reason };
+        let json: TokenJson =
+            serde_json::from_value(value.clone()).map_err(|e| bad(format!("{e}")))?;
+        if json.kind != TOKEN_TYPE {
+            return Err(bad(format!("type is '{}', not '{TOKEN_TYPE}'", json.kind)));
+        }
+        if json.sealroot_version != FORMAT_VERSION {
+            return Err(bad(format!(
+                "format version {} is not supported by this sealroot (knows {FORMAT_VERSION}); update sealroot",
+                json.sealroot_version
+            )));
+        }
+        let keyslot = match json.keyslots.as_slice() {
+            [one] => one
+                .parse::<u32>()
+                .map_err(|_| bad(format!("keyslot '{one}' is not a number")))?,
+            other => return Err(bad(format!("expected one keyslot, found {}", other.len()))),
+        };
+        let blob = B64
+            .decode(&json.tpm2_blob)
+            .map_err(|e| bad(format!("tpm2_blob is not base64: {e}")))?;
+        let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
+        let srk_handle = json
+            .tpm2_srk_handle
+            .strip_prefix("0x")
+            .and_then(|h| u32::from_str_radix(h, 16).ok())
+            .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
+            .ok_or_else(|| {
+                bad(format!(
+                    "tpm2_srk_handle '{}' is not a persistent handle",
+                    json.tpm2_srk_handle
+                ))
+            })?;
+        let srk_public = B64
+            .decode(&json.tpm2_srk_public)
+            .map_err(|e| bad(format!("tpm2_srk_public is not base64: {e}")))?;
+        public_from_tpm2b(&srk_public).map_err(|e| bad(format!("tpm2_srk_public: {e}")))?;
+        let bank: PcrBank = json.tpm2_pcr_bank.parse().map_err(bad)?;
+
+        let mut indexes = json.tpm2_pcrs.clone();
+        indexes.sort_unstable();
+        indexes.dedup();
+        if indexes.len() != json.tpm2_pcrs.len() || indexes.iter().any(|&i| i >= PCR_COUNT) {
+            return Err(bad(format!(
+                "tpm2_pcrs {:?} is not a set of PCRs 0-23",
+                json.tpm2_pcrs
+            )));
+        }
+        let mut pcrs = Vec::with_capacity(indexes.len());
+        for i in indexes {
+            let value = json
+                .tpm2_pcr_values
+                .get(&i.to_string())
+                .ok_or_else(|| bad(format!("no expected value for PCR {i}")))?;
+            let value =
+                hex::decode(value).map_err(|_| bad(format!("value of PCR {i} is not hex")))?;
+            if value.len() != bank.digest_len() {
+                return Err(bad(format!(
+                    "value of PCR {i} has {} bytes, {bank} needs {}",
+                    value.len(),
+                    bank.digest_len()
+                )));
+            }
+            pcrs.push((i, value));
+        }
+        if let Some(f) = json.fence_pcr {
+            match pcrs.iter().find(|(i, _)| *i == f) {
+                Some((_, v)) if v.iter().all(|&b| b == 0) => {}
+                Some(_) => return Err(bad(format!("fence PCR {f} must expect all zeros"))),
+                None => return Err(bad(format!("fence PCR {f} is not in tpm2_pcrs"))),
+            }
+        }
+        let policy_digest: [u8; 32] = hex::decode(&json.tpm2_policy_hash)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(|| bad("tpm2_policy_hash is not 32 bytes of hex".into()))?;
+        let pin = match (json.tpm2_pin, json.tpm2_pin_salt, json.tpm2_pin_iterations) {
+            (false, None, None) => None,
+            (true, Some(salt), Some(iterations)) => {
+                let salt = B64
+                    .decode(salt)
+                    .map_err(|e| bad(format!("tpm2_pin_salt is not base64: {e}")))?;
+                if salt.len() < 16 {
+                    return Err(bad("tpm2_pin_salt is shorter than 16 bytes".into()));
+                }
+                if !(PIN_ITERATIONS_MIN..=PIN_ITERATIONS_MAX).contains(&iterations) {
+                    return Err(bad(format!(
+                        "tpm2_pin_iterations {iterations} out of range"
+                    )));
+                }
+                Some(PinParams { salt, iterations })
+            }
+            _ => {
+                return Err(bad(
+                    "tpm2_pin, tpm2_pin_salt and tpm2_pin_iterations disagree".into(),
+                ));
+            }
+        };
+        let token = SealrootToken {
+            keyslot,
+            sealed,
+            srk_handle,
+            srk_public,
+            bank,
+            pcrs,
+            policy_digest,
+            fence_pcr: json.fence_pcr,
+            pin,
+        };
+        if token.computed_policy() != token.policy_digest {
+            return Err(bad(
+                "tpm2_policy_hash does not match the PCRs and PIN flag recorded".into(),
+            ));
+        }
+        let object_policy = token.sealed.auth_policy().map_err(|e| bad(e.to_string()))?;
+        if object_policy != token.policy_digest {
+            return Err(bad(
+                "the sealed object's policy differs from tpm2_policy_hash".into(),
+            ));
+        }
+        Ok(token)
+    }
+}
+
+/// The keyslots a token of any type claims (LUKS2 stores them as decimal strings).
+pub fn token_keyslots(json: &Value) -> Vec<u32> {
+    json.get("keyslots")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn token_type(json: &Value) -> &str {
+    json.get("type").and_then(Value::as_str).unwrap_or("?")
+}

@@ -1,0 +1,166 @@
+//! TPM-layer errors, classified from TSS return codes into what the user can act on.
+
+use crate::error::exit;
+
+#[derive(Debug, thiserror::Error)]
+pub enum TpmError {
+    #[error(
+        "TPM unavailable ({tcti}): {reason}; check that the TPM is present (or pass --tcti), or use `sealroot recover`"
+    )]
+    Unavailable { tcti: String, reason: String },
+    #[error(
+        "PCR policy mismatch{detail}: the boot state differs from enrollment; use `sealroot recover`, then re-enroll"
+    )]
+    PolicyMismatch { detail: String },
+    #[error("wrong PIN; try again, or use `sealroot recover`")]
+    WrongPin,
+    #[error(
+        "this token needs a PIN: pass --pin-file or run on a terminal, or use `sealroot recover`"
+    )]
+    PinNeeded,
+    #[error(
+        "the TPM is in dictionary-attack lockout; wait for it to recover or clear the lockout, or use `sealroot recover`"
+    )]
+    Lockout,
+    #[error(
+        "this TPM cannot unseal the key ({detail}): it was sealed by another TPM or the TPM was cleared; use `sealroot recover`, then re-enroll"
+    )]
+    WrongTpm { detail: String },
+    #[error("PCRs kept changing during the policy check; try again")]
+    PcrChanged,
+    #[error("TPM command {op} failed: {rc}")]
+    Command { op: &'static str, rc: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl TpmError {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            TpmError::Unavailable { .. } => exit::TPM_UNAVAILABLE,
+            TpmError::PolicyMismatch { .. } | TpmError::PcrChanged => exit::POLICY_MISMATCH,
+            TpmError::WrongPin | TpmError::PinNeeded | TpmError::Lockout => exit::WRONG_PIN,
+            TpmError::WrongTpm { .. } => exit::NO_TOKEN,
+            TpmError::Command { .. } | TpmError::Invalid(_) => exit::FAILURE,
+        }
+    }
+}
+
+/// What a TSS return code means for us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RcKind {
+    /// TPM_RC_PCR_CHANGED: retry the whole policy.
+    PcrChanged,
+    /// TPM_RC_POLICY_FAIL or TPM_RC_VALUE from PolicyPCR with an expected digest.
+    PolicyFail,
+    Value,
+    /// TPM_RC_AUTH_FAIL / TPM_RC_BAD_AUTH.
+    AuthFail,
+    /// TPM_RC_LOCKOUT.
+    Lockout,
+    /// TPM_RC_HANDLE / TPM_RC_REFERENCE_*: no such object.
+    Handle,
+    /// TPM_RC_INTEGRITY / TPM_RC_KEY / TPM_RC_ECC_POINT / TPM_RC_SIZE on load: not our parent.
+    Integrity,
+    /// The TCTI layer: nothing answers.
+    Transport,
+    Other,
+}
+
+const TPM_RC_FMT1: u32 = 0x080;
+const LAYER_MASK: u32 = 0xFF_0000;
+const TCTI_LAYER: u32 = 0x0A_0000;
+
+pub fn classify(rc: u32) -> RcKind {
+    let layer = rc & LAYER_MASK;
+    if layer == TCTI_LAYER {
+        return RcKind::Transport;
+    }
+    // TPM layer (0) and resource-manager layers carry TPM codes in the low bits.
+    if layer != 0 && layer != 0x0B_0000 && layer != 0x0C_0000 && layer != 0x0D_0000 {
+        return RcKind::Other;
+    }
+    let code = rc & 0xFFFF;
+    if code & TPM_RC_FMT1 != 0 {
+        // Format one: error number in bits 0..5, parameter/handle/session number above.
+        return match code & 0xBF {
+            0x084 => RcKind::Value,
+            0x08B => RcKind::Handle,
+            0x08E | 0x0A2 => RcKind::AuthFail,
+            0x09D => RcKind::PolicyFail,
+            0x09F | 0x09C | 0x0A7 | 0x095 => RcKind::Integrity,
+            _ => RcKind::Other,
+        };
+    }
+    match code {
+        0x128 => RcKind::PcrChanged,
+        0x921 => RcKind::Lockout,
+        0x910..=0x916 | 0x918..=0x91E => RcKind::Handle,
+        _ => RcKind::Other,
+    }
+}
+
+/// Raw TSS2_RC of a tss-esapi error (None for wrapper-local errors).
+///
+/// tss-esapi 7 keeps the raw value private and classifies without looking at the layer
+/// (so a TCTI I/O error would pass for a TPM code); its Display prints the raw value, which
+/// is the one stable way to get it back.
+pub fn raw_rc(e: &tss_esapi::Error) -> Option<u32> {
+    use tss_esapi::constants::Tss2ResponseCode;
+    let shown = match e {
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
+        tss_esapi::Error::Tss2Error(Tss2ResponseCode::Success) => return Some(0),
+        tss_esapi::Error::WrapperError(_) => return None,
+    };
+    let hex = shown.rsplit("0x").next()?;
+    u32::from_str_radix(hex.trim(), 16).ok()
+}
+
+pub fn kind_of(e: &tss_esapi::Error) -> RcKind {
+    raw_rc(e).map(classify).unwrap_or(RcKind::Other)
+}
+
+/// A failed command as an error, mapping the causes a user can act on.
+pub fn command_error(op: &'static str, e: tss_esapi::Error) -> TpmError {
+    match kind_of(&e) {
+        RcKind::Lockout => TpmError::Lockout,
+        RcKind::Transport => TpmError::Unavailable {
+            tcti: "connection".into(),
+            reason: format!("{op}: {e}"),
+        },
+        _ => TpmError::Command {
+            op,
+            rc: match raw_rc(&e) {
+                Some(rc) => format!("{e} (0x{rc:x})"),
+                None => e.to_string(),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_known_codes() {
+        assert_eq!(classify(0x128), RcKind::PcrChanged);
+        assert_eq!(classify(0x99d), RcKind::PolicyFail); // session 1 policy fail
+        assert_eq!(classify(0x98e), RcKind::AuthFail); // session 1 auth fail
+        assert_eq!(classify(0x921), RcKind::Lockout);
+        assert_eq!(classify(0x18b), RcKind::Handle); // handle 1
+        assert_eq!(classify(0x1df), RcKind::Integrity); // parameter 1 integrity
+        assert_eq!(classify(0x0A_000A), RcKind::Transport);
+        assert_eq!(classify(0x2c4), RcKind::Value);
+    }
+
+    #[test]
+    fn raw_rc_round_trips() {
+        use tss_esapi::constants::Tss2ResponseCode;
+        for rc in [0x128u32, 0x98e, 0x0A_000A, 0x99d] {
+            let e = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc));
+            assert_eq!(raw_rc(&e), Some(rc));
+        }
+    }
+}

@@ -1,0 +1,262 @@
+//! Sealing a secret under the SRK to a policy, and unsealing it through a salted policy
+//! session whose response is encrypted.
+
+use tss_esapi::Context;
+use tss_esapi::attributes::ObjectAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{KeyHandle, ObjectHandle};
+use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
+use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
+use tss_esapi::structures::{
+    Auth, Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters,
+    SensitiveData,
+};
+
+use super::error::{RcKind, TpmError, command_error, kind_of};
+use super::pcr::{PcrBank, selection_list};
+use super::policy::PolicyDigest;
+use super::session::{self, Encrypt};
+use super::srk::{public_from_tpm2b, public_to_tpm2b};
+use crate::secret::Secret;
+
+/// Attempts when the TPM reports that PCRs changed between the policy and the unseal.
+const PCR_CHANGED_RETRIES: usize = 10;
+
+/// A sealed object as the TPM returned it: TPM2B_PRIVATE and TPM2B_PUBLIC wire bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SealedObject {
+    pub private: Vec<u8>,
+    pub public: Vec<u8>,
+}
+
+impl SealedObject {
+    /// `TPM2B_PRIVATE ‖ TPM2B_PUBLIC`, the layout systemd uses for `tpm2-blob` too.
+    pub fn to_blob(&self) -> Vec<u8> {
+        let mut out = self.private.clone();
+        out.extend_from_slice(&self.public);
+        out
+    }
+
+    pub fn from_blob(blob: &[u8]) -> Result<SealedObject, TpmError> {
+        let (private, rest) = split_tpm2b(blob, "TPM2B_PRIVATE")?;
+        let (public, rest) = split_tpm2b(rest, "TPM2B_PUBLIC")?;
+        if !rest.is_empty() {
+            return Err(TpmError::Invalid(format!(
+                "sealed blob has {} unexpected trailing bytes",
+                rest.len()
+            )));
+        }
+        let obj = SealedObject {
+            private: private.to_vec(),
+            public: public.to_vec(),
+        };
+        obj.public_area()?;
+        Ok(obj)
+    }
+
+    pub fn public_area(&self) -> Result<Public, TpmError> {
+        let public = public_from_tpm2b(&self.public)?;
+        if !matches!(public, Public::KeyedHash { .. }) {
+            return Err(TpmError::Invalid(
+                "sealed blob is not a sealed data object".into(),
+            ));
+        }
+        Ok(public)
+    }
+
+    /// The authPolicy the TPM will enforce for this object.
+    pub fn auth_policy(&self) -> Result<Vec<u8>, TpmError> {
+        Ok(self.public_area()?.auth_policy().value().to_vec())
+    }
+
+    fn private_area(&self) -> Result<Private, TpmError> {
+        Private::try_from(self.private[2..].to_vec())
+            .map_err(|e| TpmError::Invalid(format!("bad TPM2B_PRIVATE: {e}")))
+    }
+}
+
+fn split_tpm2b<'a>(buf: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), TpmError> {
+    if buf.len() < 2 {
+        return Err(TpmError::Invalid(format!(
+            "sealed blob truncated before {what}"
+        )));
+    }
+    let size = u16::from_be_bytes([buf[0], buf[1]]) as usize;
+    if size == 0 || buf.len() < 2 + size {
+        return Err(TpmError::Invalid(format!(
+            "sealed blob truncated inside {what} ({} of {} bytes)",
+            buf.len().saturating_sub(2),
+            size
+        )));
+    }
+    Ok(buf.split_at(2 + size))
+}
+
+/// Seals `secret` under `parent` so that only a session satisfying `policy` can unseal it.
+/// With `auth` (the stretched PIN) the object is dictionary-attack protected; without, it is
+/// noDA so failed unlocks at boot never lock the TPM out.
+pub fn seal(
+    ctx: &mut Context,
+    parent: KeyHandle,
+    secret: &Secret,
+    policy: &PolicyDigest,
+    auth: Option<&Secret>,
+) -> Result<SealedObject, TpmError> {
+    let attrs = ObjectAttributesBuilder::new()
+        .with_fixed_tpm(true)
+        .with_fixed_parent(true)
+        .with_no_da(auth.is_none())
+        .build()
+        .map_err(|e| TpmError::Invalid(format!("object attributes: {e}")))?;
+    let template = PublicBuilder::new()
+        .with_public_algorithm(PublicAlgorithm::KeyedHash)
+        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
+        .with_object_attributes(attrs)
+        .with_auth_policy(
+            Digest::try_from(policy.to_vec()).map_err(|e| TpmError::Invalid(e.to_string()))?,
+        )
+        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
+        .with_keyed_hash_unique_identifier(Digest::default())
+        .build()
+        .map_err(|e| TpmError::Invalid(format!("sealed object template: {e}")))?;
+    let data = SensitiveData::try_from(secret.expose().to_vec())
+        .map_err(|e| TpmError::Invalid(format!("secret too long to seal: {e}")))?;
+    let auth_value = auth
+        .map(|a| Auth::try_from(a.expose().to_vec()))
+        .transpose()
+        .map_err(|e| TpmError::Invalid(format!("PIN auth value: {e}")))?;
+
+    // The secret and the PIN travel in TPM2_Create's first parameter: encrypt it.
+    let hmac = session::start(
+        ctx,
+        parent,
+        SessionType::Hmac,
+        Encrypt {
+            command: true,
+            response: false,
+        },
+    )?;
+    let created = ctx.execute_with_session(Some(hmac), |c| {
+        c.create(parent, template, auth_value, Some(data), None, None)
+    });
+    session::flush(ctx, hmac);
+    let created = created.map_err(|e| command_error("Create", e))?;
+
+    let mut private = (created.out_private.len() as u16).to_be_bytes().to_vec();
+    private.extend_from_slice(created.out_private.value());
+    Ok(SealedObject {
+        private,
+        public: public_to_tpm2b(&created.out_public)?,
+    })
+}
+
+/// What the TPM must be shown to release a sealed secret.
+pub struct UnsealRequest<'a> {
+    pub parent: KeyHandle,
+    pub object: &'a SealedObject,
+    pub bank: PcrBank,
+    pub pcrs: &'a [u32],
+    /// SHA-256 over the expected PCR values; the TPM compares it at PolicyPCR, so a mismatch
+    /// is reported before Unseal is attempted.
+    pub expected_pcr_digest: [u8; 32],
+    pub auth: Option<&'a Secret>,
+}
+
+pub fn unseal(ctx: &mut Context, req: &UnsealRequest<'_>) -> Result<Secret, TpmError> {
+    let private = req.object.private_area()?;
+    let public = req.object.public_area()?;
+    let loaded = ctx
+        .execute_with_session(Some(AuthSession::Password), |c| {
+            c.load(req.parent, private, public)
+        })
+        .map_err(|e| match kind_of(&e) {
+            RcKind::Integrity | RcKind::Value | RcKind::Handle => TpmError::WrongTpm {
+                detail: "the TPM rejected the sealed object under this SRK".into(),
+            },
+            _ => command_error("Load", e),
+        })?;
+    let result = unseal_loaded(ctx, req, loaded);
+    let _ = ctx.flush_context(ObjectHandle::from(loaded));
+    result
+}
+
+fn unseal_loaded(
+    ctx: &mut Context,
+    req: &UnsealRequest<'_>,
+    loaded: KeyHandle,
+) -> Result<Secret, TpmError> {
+    if let Some(auth) = req.auth {
+        let auth = Auth::try_from(auth.expose().to_vec())
+            .map_err(|e| TpmError::Invalid(format!("PIN auth value: {e}")))?;
+        ctx.tr_set_auth(loaded.into(), auth)
+            .map_err(|e| command_error("TR_SetAuth", e))?;
+    }
+    for _ in 0..PCR_CHANGED_RETRIES {
+        let session = session::start(
+            ctx,
+            req.parent,
+            SessionType::Policy,
+            Encrypt {
+                command: false,
+                response: true,
+            },
+        )?;
+        let attempt = policy_and_unseal(ctx, req, loaded, session);
+        session::flush(ctx, session);
+        match attempt {
+            Err(TpmError::PcrChanged) => continue,
+            other => return other,
+        }
+    }
+    Err(TpmError::PcrChanged)
+}
+
+fn policy_and_unseal(
+    ctx: &mut Context,
+    req: &UnsealRequest<'_>,
+    loaded: KeyHandle,
+    session: AuthSession,
+) -> Result<Secret, TpmError> {
+    let policy_session = PolicySession::try_from(session)
+        .map_err(|e| TpmError::Invalid(format!("policy session: {e}")))?;
+    if !req.pcrs.is_empty() {
+        let digest = Digest::try_from(req.expected_pcr_digest.to_vec())
+            .map_err(|e| TpmError::Invalid(e.to_string()))?;
+        ctx.policy_pcr(policy_session, digest, selection_list(req.bank, req.pcrs)?)
+            .map_err(|e| match kind_of(&e) {
+                RcKind::PcrChanged => TpmError::PcrChanged,
+                RcKind::Value => TpmError::PolicyMismatch {
+                    detail: String::new(),
+                },
+                _ => command_error("PolicyPCR", e),
+            })?;
+    }
+    if req.auth.is_some() {
+        ctx.policy_auth_value(policy_session)
+            .map_err(|e| command_error("PolicyAuthValue", e))?;
+    }
+    let data = ctx
+        .execute_with_session(Some(session), |c| c.unseal(loaded.into()))
+        .map_err(|e| match kind_of(&e) {
+            RcKind::PcrChanged => TpmError::PcrChanged,
+            RcKind::PolicyFail => TpmError::PolicyMismatch {
+                detail: String::new(),
+            },
+            RcKind::AuthFail => TpmError::WrongPin,
+            RcKind::Lockout => TpmError::Lockout,
+            _ => command_error("Unseal", e),
+        })?;
+    Ok(Secret::from_slice(data.value()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blob_parsing_rejects_truncation() {
+        assert!(SealedObject::from_blob(&[]).is_err());
+        assert!(SealedObject::from_blob(&[0, 4, 1, 2]).is_err());
+        assert!(SealedObject::from_blob(&[0, 1, 9]).is_err());
+    }
+}
