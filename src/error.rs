@@ -28,6 +28,9 @@ pub enum Error {
     Luks(#[from] LuksError),
     #[error("{0}")]
     Other(String),
+    /// A failure while trying one token of a volume.
+    #[error("token {id}: {source}")]
+    Token { id: u32, source: Box<Error> },
 }
 
 impl Error {
@@ -38,6 +41,7 @@ impl Error {
             Error::Tpm(e) => e.exit_code(),
             Error::Luks(e) => e.exit_code(),
             Error::Other(_) => exit::FAILURE,
+            Error::Token { source, .. } => source.exit_code(),
         }
     }
 

@@ -159,7 +159,15 @@ pub fn render_text(s: &Value) -> String {
             Some(d) if d.is_empty() => out += "  would unseal now: yes\n",
             Some(d) => {
                 let list: Vec<String> = d.iter().map(Value::to_string).collect();
-                out += &format!("  would unseal now: no, PCR {} differ\n", list.join(", "));
+                let (noun, verb) = if d.len() == 1 {
+                    ("PCR", "differs")
+                } else {
+                    ("PCRs", "differ")
+                };
+                out += &format!(
+                    "  would unseal now: no, {noun} {} {verb}\n",
+                    list.join(", ")
+                );
             }
             None => {}
         }

@@ -99,7 +99,12 @@ struct Attempt<'a> {
 
 type VolumeResult = std::result::Result<(String, Secret), (Option<String>, Error)>;
 
-fn unlock_volume(a: &mut Attempt<'_>, device: &std::path::Path, name: &str, test: bool) -> VolumeResult {
+fn unlock_volume(
+    a: &mut Attempt<'_>,
+    device: &std::path::Path,
+    name: &str,
+    test: bool,
+) -> VolumeResult {
     let mut vol = Volume::open(device).map_err(|e| (None, e.into()))?;
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
@@ -125,12 +130,15 @@ fn unlock_volume(a: &mut Attempt<'_>, device: &std::path::Path, name: &str, test
                 if let Some(f) = token.fence_pcr {
                     a.fence_pcrs.insert(f);
                 }
-                unlock_with_token(a, &mut vol, &token, name, test)
+                unlock_with_token(a, &mut vol, &token, name, test).map_err(|e| Error::Token {
+                    id: entry.id,
+                    source: Box::new(e),
+                })
             });
         match attempt {
             Ok(vk) => return Ok((uuid, vk)),
             Err(e) => {
-                log::info!("{}: token {}: {e}", device.display(), entry.id);
+                log::info!("{}: {e}", device.display());
                 if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
                     best = Some(e);
                 }
@@ -191,16 +199,24 @@ fn mismatch_detail(ctx: &mut tss_esapi::Context, token: &SealrootToken) -> Strin
         .filter(|(i, v)| now.get(i) != Some(v))
         .map(|(i, _)| *i)
         .collect();
-    let fenced = token.fence_pcr.is_some_and(|f| differ.contains(&f));
-    let list: Vec<String> = differ.iter().map(u32::to_string).collect();
-    match (differ.len(), fenced) {
-        (0, _) => String::new(),
-        (1, true) => format!(
-            " (fence PCR {} already extended: this boot has unlocked once; reboot to unlock again)",
-            list[0]
+    let fence = token.fence_pcr.filter(|f| differ.contains(f));
+    let others: Vec<String> = differ
+        .iter()
+        .filter(|&&i| Some(i) != fence)
+        .map(u32::to_string)
+        .collect();
+    match (others.len(), fence) {
+        (0, Some(f)) => format!(
+            "fence PCR {f} is already extended: this boot has unlocked once; reboot to unlock with the TPM again, or use `sealroot recover`"
         ),
-        (1, false) => format!(" ({} PCR {} differs)", token.bank, list[0]),
-        (_, _) => format!(" ({} PCRs {} differ)", token.bank, list.join(", ")),
+        (0, None) => String::new(),
+        (n, _) => format!(
+            "{} {} {} {} since enrollment; use `sealroot recover`, then re-enroll",
+            token.bank,
+            if n == 1 { "PCR" } else { "PCRs" },
+            others.join(", "),
+            if n == 1 { "differs" } else { "differ" }
+        ),
     }
 }
 

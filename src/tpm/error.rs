@@ -2,15 +2,16 @@
 
 use crate::error::exit;
 
+const GENERIC_MISMATCH: &str = "the boot state differs from enrollment (`sealroot status` names the PCRs); use `sealroot recover`, then re-enroll";
+
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
     #[error(
         "TPM unavailable ({tcti}): {reason}; check that the TPM is present (or pass --tcti), or use `sealroot recover`"
     )]
     Unavailable { tcti: String, reason: String },
-    #[error(
-        "PCR policy mismatch{detail}: the boot state differs from enrollment; use `sealroot recover`, then re-enroll"
-    )]
+    /// `detail` says which PCRs differ and what to do; empty when unknown.
+    #[error("PCR policy mismatch: {}", if detail.is_empty() { GENERIC_MISMATCH } else { detail.as_str() })]
     PolicyMismatch { detail: String },
     #[error("wrong PIN; try again, or use `sealroot recover`")]
     WrongPin,
@@ -26,6 +27,10 @@ pub enum TpmError {
         "this TPM cannot unseal the key ({detail}): it was sealed by another TPM or the TPM was cleared; use `sealroot recover`, then re-enroll"
     )]
     WrongTpm { detail: String },
+    #[error(
+        "the TPM rejected the sealed key ({detail}): the token is corrupt or was sealed under another key; use `sealroot recover`, then re-enroll"
+    )]
+    Rejected { detail: String },
     #[error("PCRs kept changing during the policy check; try again")]
     PcrChanged,
     #[error("TPM command {op} failed: {rc}")]
@@ -40,7 +45,7 @@ impl TpmError {
             TpmError::Unavailable { .. } => exit::TPM_UNAVAILABLE,
             TpmError::PolicyMismatch { .. } | TpmError::PcrChanged => exit::POLICY_MISMATCH,
             TpmError::WrongPin | TpmError::PinNeeded | TpmError::Lockout => exit::WRONG_PIN,
-            TpmError::WrongTpm { .. } => exit::NO_TOKEN,
+            TpmError::WrongTpm { .. } | TpmError::Rejected { .. } => exit::NO_TOKEN,
             TpmError::Command { .. } | TpmError::Invalid(_) => exit::FAILURE,
         }
     }

@@ -170,8 +170,8 @@ pub fn unseal(ctx: &mut Context, req: &UnsealRequest<'_>) -> Result<Secret, TpmE
             c.load(req.parent, private, public)
         })
         .map_err(|e| match kind_of(&e) {
-            RcKind::Integrity | RcKind::Value | RcKind::Handle => TpmError::WrongTpm {
-                detail: "the TPM rejected the sealed object under this SRK".into(),
+            RcKind::Integrity | RcKind::Value | RcKind::Handle => TpmError::Rejected {
+                detail: format!("Load: {e}"),
             },
             _ => command_error("Load", e),
         })?;

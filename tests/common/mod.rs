@@ -1,0 +1,353 @@
+//! Shared fixtures: a private swtpm per test, LUKS2 image files, and running the binary.
+//! Every process started here is stopped by its PID when its guard drops, also when the
+//! test panics.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// The binary under test: `$SEALROOT_BIN` (e.g. the static build) or cargo's build.
+pub fn bin() -> PathBuf {
+    std::env::var_os("SEALROOT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sealroot")))
+}
+
+pub struct Swtpm {
+    pub state: PathBuf,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+fn free_port_pair() -> u16 {
+    loop {
+        let a = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = a.local_addr().expect("addr").port();
+        if port < u16::MAX && TcpListener::bind(("127.0.0.1", port + 1)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Swtpm {
+    /// A factory-fresh TPM on its own state dir inside `dir`.
+    pub fn start(dir: &Path) -> Swtpm {
+        let state = dir.join(format!("tpm-{}", rand_suffix()));
+        std::fs::create_dir_all(&state).expect("state dir");
+        Swtpm::start_on(state)
+    }
+
+    /// Starts swtpm on an existing state dir (a TPM reset when the previous one stopped).
+    pub fn start_on(state: PathBuf) -> Swtpm {
+        for _ in 0..20 {
+            let port = free_port_pair();
+            let child = Command::new("swtpm")
+                .args(["socket", "--tpm2", "--tpmstate"])
+                .arg(format!("dir={}", state.display()))
+                .arg("--server")
+                .arg(format!("type=tcp,port={port},bindaddr=127.0.0.1"))
+                .arg("--ctrl")
+                .arg(format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1))
+                .args(["--flags", "not-need-init,startup-clear"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("swtpm must be installed (make deps)");
+            let mut tpm = Swtpm {
+                state: state.clone(),
+                port,
+                child: Some(child),
+            };
+            if tpm.wait_ready() {
+                return tpm;
+            }
+            tpm.stop(); // lost the port race: try another pair
+        }
+        panic!("swtpm did not start");
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(_)) = c.try_wait()
+            {
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Power-cycles the TPM: PCRs return to their reset values, persistent objects stay.
+    pub fn reset(&mut self) {
+        self.stop();
+        let next = Swtpm::start_on(self.state.clone());
+        self.port = next.port;
+        self.child = next.into_child();
+    }
+
+    fn into_child(mut self) -> Option<Child> {
+        self.child.take()
+    }
+
+    pub fn context(&self) -> tss_esapi::Context {
+        let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(&self.tcti()).expect("tcti");
+        tss_esapi::Context::new(conf).expect("connect to swtpm")
+    }
+
+    /// Extends `pcr` in the sha256 bank (what a firmware or bootloader would do).
+    pub fn extend(&self, pcr: u32, data: &[u8]) {
+        use sealroot::tpm::pcr::{PcrBank, extend_event};
+        let mut ctx = self.context();
+        extend_event(&mut ctx, pcr, &[PcrBank::Sha256], data).expect("extend");
+    }
+
+    pub fn read(&self, pcr: u32) -> Vec<u8> {
+        use sealroot::tpm::pcr::{PcrBank, read};
+        let mut ctx = self.context();
+        read(&mut ctx, PcrBank::Sha256, &[pcr])
+            .expect("read")
+            .remove(&pcr)
+            .expect("value")
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn rand_suffix() -> String {
+    let mut b = [0u8; 6];
+    getrandom::getrandom(&mut b).expect("random");
+    hex::encode(b)
+}
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// A test: its temp dir, its TPM, one LUKS2 image with passphrase `PASSPHRASE` in slot 0.
+pub struct Fixture {
+    pub dir: TempDir,
+    pub tpm: Swtpm,
+    pub image: PathBuf,
+    pub passfile: PathBuf,
+}
+
+impl Fixture {
+    pub fn new() -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let tpm = Swtpm::start(dir.path());
+        let passfile = dir.path().join("passphrase");
+        std::fs::write(&passfile, PASSPHRASE).expect("write passphrase");
+        let image = make_image(dir.path(), "disk.img", &passfile);
+        Fixture {
+            dir,
+            tpm,
+            image,
+            passfile,
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn write(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        std::fs::write(&p, content).expect("write");
+        p
+    }
+
+    /// Runs sealroot against this fixture's TPM.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let tcti = self.tpm.tcti();
+        let mut full: Vec<&str> = args.to_vec();
+        if takes_tcti(args) {
+            full.push("--tcti");
+            full.push(&tcti);
+        }
+        run(&full)
+    }
+
+    pub fn enroll(&self, extra: &[&str]) -> Run {
+        let img = self.image.to_str().expect("utf8");
+        let pf = self.passfile.to_str().expect("utf8");
+        let mut args = vec!["enroll", img, "--unlock-key-file", pf];
+        args.extend_from_slice(extra);
+        let r = self.run(&args);
+        assert_eq!(r.code, 0, "enroll failed: {}", r.stderr);
+        r
+    }
+
+    pub fn unlock_test(&self, extra: &[&str]) -> Run {
+        let img = self.image.to_str().expect("utf8");
+        let mut args = vec!["unlock", img, "root", "--test"];
+        args.extend_from_slice(extra);
+        self.run(&args)
+    }
+
+    /// `recover --test` with `key` typed (from a file, with a newline as a user would).
+    pub fn recover_test(&self, key: &str) -> Run {
+        let file = self.write("typed", format!("{key}\n").as_bytes());
+        let img = self.image.to_str().expect("utf8");
+        let file = file.to_str().expect("utf8");
+        self.run(&["recover", img, "root", "--test", "--key-file", file])
+    }
+
+    pub fn image_hash(&self) -> String {
+        file_hash(&self.image)
+    }
+}
+
+fn takes_tcti(args: &[&str]) -> bool {
+    matches!(
+        args.first(),
+        Some(&"enroll") | Some(&"unlock") | Some(&"status") | Some(&"fence")
+    ) && !args.contains(&"--tcti")
+}
+
+pub fn make_image(dir: &Path, name: &str, passfile: &Path) -> PathBuf {
+    let image = dir.join(name);
+    let f = std::fs::File::create(&image).expect("create image");
+    f.set_len(8 << 20).expect("size image");
+    drop(f);
+    let out = Command::new("cryptsetup")
+        .args([
+            "luksFormat",
+            "-q",
+            "--type",
+            "luks2",
+            "--pbkdf",
+            "pbkdf2",
+            "--pbkdf-force-iterations",
+            "1000",
+            // Room for 15 keyslots of 512-bit keys, in a small image that hashes fast.
+            "--luks2-keyslots-size",
+            "4M",
+            "--key-file",
+        ])
+        .arg(passfile)
+        .arg(&image)
+        .output()
+        .expect("cryptsetup must be installed (make deps)");
+    assert!(
+        out.status.success(),
+        "luksFormat: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    image
+}
+
+pub fn file_hash(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).expect("read image")))
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the binary in a new session (no controlling terminal), so nothing can block on a
+/// prompt; stdin is empty.
+pub fn run(args: &[&str]) -> Run {
+    run_with_stdin(args, b"")
+}
+
+pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Run {
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .env_remove("SEALROOT_TCTI")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setsid is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::unistd::setsid()
+                .map(|_| ())
+                .map_err(std::io::Error::from)
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn sealroot");
+    if let Some(mut si) = child.stdin.take() {
+        let _ = si.write_all(stdin);
+    }
+    let out: Output = child.wait_with_output().expect("wait sealroot");
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    assert!(
+        !r.stderr.contains("panicked"),
+        "sealroot panicked: {}",
+        r.stderr
+    );
+    r
+}
+
+/// cryptsetup token export/import, to read and tamper with tokens as another tool would.
+pub fn export_token(image: &Path, id: u32) -> serde_json::Value {
+    let out = Command::new("cryptsetup")
+        .args(["token", "export", "--token-id", &id.to_string()])
+        .arg(image)
+        .output()
+        .expect("cryptsetup");
+    assert!(out.status.success(), "token export failed");
+    serde_json::from_slice(&out.stdout).expect("token JSON")
+}
+
+pub fn replace_token(image: &Path, id: u32, json: &serde_json::Value) {
+    let mut child = Command::new("cryptsetup")
+        .args([
+            "token",
+            "import",
+            "--token-replace",
+            "--token-id",
+            &id.to_string(),
+        ])
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cryptsetup");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(json.to_string().as_bytes())
+        .expect("write token");
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        out.status.success(),
+        "token import: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
