@@ -9,7 +9,7 @@ for group in "$@"; do
         build) pkgs="$pkgs build-essential pkg-config libclang-dev libtss2-dev libcryptsetup-dev" ;;
         test)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin" ;;
         demo)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools" ;;
-        bench) pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools clevis clevis-luks clevis-tpm2 systemd libtss2-rc0 libtss2-esys-3.0.2-0 jq" ;;
+        bench) pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools clevis clevis-luks clevis-tpm2 systemd bc" ;;
         *) echo "deps.sh: unknown group $group" >&2; exit 2 ;;
     esac
 done

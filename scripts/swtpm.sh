@@ -14,7 +14,8 @@ swtpm_start() {
         swtpm socket --tpm2 --tpmstate dir="$WORK/tpm" \
             --server type=tcp,port=$SWTPM_PORT,bindaddr=127.0.0.1 \
             --ctrl type=tcp,port=$((SWTPM_PORT + 1)),bindaddr=127.0.0.1 \
-            --flags not-need-init,startup-clear >"$WORK/swtpm.log" 2>&1 &
+            --flags not-need-init,startup-clear \
+            --log file="$WORK/swtpm.log",level=${SWTPM_LOG_LEVEL:-1} >/dev/null 2>&1 &
         SWTPM_PID=$!
         i=0
         while [ $i -lt 100 ]; do
@@ -44,4 +45,13 @@ swtpm_stop() {
 swtpm_reset() {
     swtpm_stop
     swtpm_start
+}
+
+# The same, in place (same process and port): an orderly TPM2_Shutdown (else the TPM
+# counts a dictionary-attack failure), TPM2_Init through the control channel, then
+# TPM2_Startup(CLEAR).
+swtpm_reboot() {
+    tpm2_shutdown -c -T "$TCTI" >/dev/null 2>&1
+    swtpm_ioctl --tcp 127.0.0.1:$((SWTPM_PORT + 1)) -i >/dev/null
+    tpm2_startup -c -T "$TCTI" >/dev/null 2>&1
 }

@@ -34,7 +34,7 @@ fn init_logging() {
     // (an empty SRK handle, a PCR mismatch); sealroot reports what matters itself.
     let env = env_logger::Env::new().filter_or("SEALROOT_LOG", "warn,tss_esapi=off");
     env_logger::Builder::from_env(env)
-        .format_timestamp(None)
+        .format_timestamp_micros()
         .format_target(false)
         .init();
 }

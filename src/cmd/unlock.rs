@@ -105,7 +105,9 @@ fn unlock_volume(
     name: &str,
     test: bool,
 ) -> VolumeResult {
+    log::debug!("{}: opening", device.display());
     let mut vol = Volume::open(device).map_err(|e| (None, e.into()))?;
+    log::debug!("{}: LUKS2 header loaded", device.display());
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
     let entries = vol.tokens().map_err(|e| fail(e.into()))?;
@@ -158,6 +160,7 @@ fn unlock_with_token(
     test: bool,
 ) -> Result<Secret> {
     let ctx = a.tpm.get()?;
+    log::debug!("TPM open");
     let srk_public = srk::public_from_tpm2b(&token.srk_public)?;
     let parent = srk::expect(ctx, token.srk_handle, &srk_public)?;
     let pcrs = token.pcr_indexes();
@@ -170,6 +173,7 @@ fn unlock_with_token(
         },
         other => other,
     })?;
+    log::debug!("token unsealed");
     let passphrase = passphrase_of(&secret);
     drop(secret);
     let (_, volume_key) = vol
@@ -181,8 +185,10 @@ fn unlock_with_token(
             )),
             other => other.into(),
         })?;
+    log::debug!("keyslot {} opened", token.keyslot);
     if !test {
         vol.activate(name, &volume_key)?;
+        log::debug!("{name} activated");
     }
     Ok(volume_key)
 }

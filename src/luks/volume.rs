@@ -41,8 +41,12 @@ impl LuksError {
 
 /// libcryptsetup prints its own errors on stderr unless told otherwise; route them to our
 /// log so that every problem is reported once, by us, with what to do next.
+/// With `SEALROOT_LOG=libcryptsetup=debug` its own debug trace is included too.
 pub fn quiet_library_log() {
     libcryptsetup_rs::set_log_callback::<()>(Some(log_callback), None);
+    if log::log_enabled!(target: "libcryptsetup", log::Level::Debug) {
+        libcryptsetup_rs::set_debug_level(libcryptsetup_rs::consts::vals::CryptDebugLevel::All);
+    }
 }
 
 unsafe extern "C" fn log_callback(level: c_int, msg: *const c_char, _usr: *mut c_void) {
@@ -51,7 +55,7 @@ unsafe extern "C" fn log_callback(level: c_int, msg: *const c_char, _usr: *mut c
     }
     // SAFETY: libcryptsetup passes a NUL-terminated string valid for this call.
     let text = unsafe { CStr::from_ptr(msg) }.to_string_lossy();
-    log::debug!("libcryptsetup[{level}]: {}", text.trim_end());
+    log::debug!(target: "libcryptsetup", "[{level}] {}", text.trim_end());
 }
 
 pub struct KeyslotInfo {
