@@ -3,7 +3,9 @@ PREFIX ?= /usr/local
 DESTDIR ?=
 CARGO ?= cargo
 
-.PHONY: all build release test unit lint demo bench deps clean
+STATIC_BIN := target/static/sealroot
+
+.PHONY: all build release static check-static test demo bench install clean
 
 all: build
 
@@ -15,12 +17,27 @@ release:
 	./scripts/deps.sh build
 	$(CARGO) build --release
 
-# The whole suite: format, lints, unit tests and swtpm/LUKS2 integration tests.
+# The one binary the initrd carries: fully static, no shared objects, no dlopen.
+static:
+	./scripts/build-static.sh
+
+check-static: static
+	file $(STATIC_BIN) | grep -q 'statically linked'
+	ldd $(STATIC_BIN) 2>&1 | grep -q 'not a dynamic executable'
+	@echo "$(STATIC_BIN): statically linked, not a dynamic executable, $$(stat -c %s $(STATIC_BIN)) bytes"
+
+# The whole suite: format, lints, unit tests and the swtpm/LUKS2 integration tests, run
+# against the development build and again against the static build.
 test:
 	./scripts/deps.sh build test
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+	$(MAKE) check-static
+	SEALROOT_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --tests
+
+install: static
+	install -D -m 755 $(STATIC_BIN) $(DESTDIR)$(PREFIX)/sbin/sealroot
 
 demo: release
 	./scripts/deps.sh demo

@@ -5,7 +5,7 @@
 set -euo pipefail
 
 RUNS=${RUNS:-21}
-SEALROOT=${SEALROOT:-$(pwd)/target/release/sealroot}
+SEALROOT=${SEALROOT:-$(pwd)/target/static/sealroot}
 WORK=$(mktemp -d /tmp/sealroot-bench.XXXXXX)
 SWTPM_LOG_LEVEL=5
 . "$(dirname "$0")/swtpm.sh"

@@ -1,0 +1,34 @@
+//! Only the static build needs help: tpm2-tss built with --enable-nodl calls the TCTI init
+//! functions directly, but its .pc files do not list the TCTI archives, and GNU ld needs
+//! them (and libtss2-mu, which they use) after everything that references them.
+//! rust-lld (the default linker since Rust 1.90) emits a dynamic section in a static
+//! non-PIE binary, which glibc's static startup cannot handle: the static build links with
+//! GNU ld (`-C linker-features=-lld`, set by scripts/build-static.sh).
+fn main() {
+    println!("cargo:rerun-if-env-changed=SEALROOT_STATIC_PREFIX");
+    if std::env::var_os("CARGO_FEATURE_STATIC").is_none() {
+        return;
+    }
+    let Some(prefix) = std::env::var_os("SEALROOT_STATIC_PREFIX") else {
+        println!(
+            "cargo:warning=feature `static` without SEALROOT_STATIC_PREFIX: use `make static`"
+        );
+        return;
+    };
+    let lib = std::path::Path::new(&prefix).join("lib");
+    println!("cargo:rustc-link-arg=-L{}", lib.display());
+    // rustc ends its own library list with -Bdynamic.
+    println!("cargo:rustc-link-arg=-Wl,-Bstatic");
+    for archive in [
+        "tss2-tcti-device",
+        "tss2-tcti-swtpm",
+        "tss2-tcti-mssim",
+        "tss2-tctildr",
+        "tss2-mu",
+        "mbedcrypto",
+        // The swtpm/mssim TCTIs resolve host names: libc again, after them.
+        "c",
+    ] {
+        println!("cargo:rustc-link-arg=-l{archive}");
+    }
+}

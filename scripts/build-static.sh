@@ -1,0 +1,26 @@
+#!/bin/bash
+# Builds sealroot as one fully static x86_64 binary: target/static/sealroot.
+# The C libraries come from scripts/static-deps.sh (built once, then cached).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+OUT=$ROOT/target/static
+log() { printf 'build-static: %s\n' "$*" >&2; }
+
+PREFIX=$("$ROOT/scripts/static-deps.sh")
+
+# --- sealroot itself
+log "linking sealroot statically"
+export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig"
+export PKG_CONFIG_ALL_STATIC=1
+export SEALROOT_STATIC_PREFIX="$PREFIX"
+# --target keeps these flags away from build scripts and proc macros. Non-PIE: `file`
+# then says "statically linked"; heap, stack and mmap stay randomized.
+# GNU ld, not rust-lld: see build.rs.
+export RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C linker-features=-lld"
+cargo build --profile static --target x86_64-unknown-linux-gnu --features static \
+    --target-dir "$ROOT/target/static-build"
+mkdir -p "$OUT"
+install -m 755 "$ROOT/target/static-build/x86_64-unknown-linux-gnu/static/sealroot" "$OUT/sealroot"
+strip "$OUT/sealroot"
+log "$(file -b "$OUT/sealroot" | cut -d, -f1-2), $(stat -c %s "$OUT/sealroot") bytes: $OUT/sealroot"
