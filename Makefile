@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 STATIC_BIN := target/static/sealroot
 
-.PHONY: all build release static check-static test demo bench install clean
+.PHONY: all build release static check-static test e2e demo bench install clean
 
 all: build
 
@@ -35,9 +35,21 @@ test:
 	$(CARGO) test
 	$(MAKE) check-static
 	SEALROOT_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --tests
+	$(MAKE) e2e
 
+# Boots a Debian 12 guest with a sealed LUKS2 root under QEMU + OVMF + swtpm (tests/vm).
+e2e: static
+	./scripts/deps.sh e2e
+	./tests/vm/run.sh
+
+# The static binary and the initramfs-tools integration. initramfs-tools looks for hooks
+# and scripts under /usr/share/initramfs-tools whatever PREFIX is.
 install: static
 	install -D -m 755 $(STATIC_BIN) $(DESTDIR)$(PREFIX)/sbin/sealroot
+	install -D -m 755 initramfs-tools/hooks/sealroot \
+		$(DESTDIR)/usr/share/initramfs-tools/hooks/sealroot
+	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \
+		$(DESTDIR)/usr/share/initramfs-tools/scripts/local-top/sealroot
 
 demo: release
 	./scripts/deps.sh demo

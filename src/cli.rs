@@ -29,6 +29,9 @@ Logging: SEALROOT_LOG=info|debug (never shows secrets).";
     after_help = EXIT_CODES
 )]
 pub struct Cli {
+    /// Also write every message to the kernel log (/dev/kmsg), for the initrd.
+    #[arg(long, global = true)]
+    pub kmsg: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -80,8 +83,12 @@ pub enum Command {
         #[arg(long)]
         test: bool,
         /// File holding the PIN for PIN-protected tokens; `-` for stdin.
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", conflicts_with = "askpass")]
         pin_file: Option<PathBuf>,
+        /// Ask for PINs by running PROG "PROMPT" and reading its stdout (the initrd's
+        /// prompt machinery, e.g. /lib/cryptsetup/askpass: console or plymouth).
+        #[arg(long, value_name = "PROG")]
+        askpass: Option<PathBuf>,
         /// Do not extend the fence PCR afterwards.
         #[arg(long)]
         no_fence: bool,

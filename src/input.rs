@@ -93,3 +93,27 @@ fn read_line(tty: &mut File) -> std::io::Result<Secret> {
     s.trim_end_matches(|b| b == b'\r');
     Ok(s)
 }
+
+/// Runs `prog PROMPT` (an askpass helper such as /lib/cryptsetup/askpass, which asks on the
+/// console or through plymouth) and takes one line of its stdout. The secret crosses only a
+/// pipe.
+pub fn read_askpass(prog: &Path, prompt: &str) -> Result<Secret, Error> {
+    let fail = |e: std::io::Error| Error::Usage(format!("cannot run {}: {e}", prog.display()));
+    let mut child = std::process::Command::new(prog)
+        .arg(prompt)
+        .stdin(std::process::Stdio::inherit())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(fail)?;
+    let read = match child.stdout.take() {
+        Some(mut out) => Secret::read_from(&mut out, MAX_SECRET),
+        None => Ok(Secret::with_capacity(1)),
+    };
+    let status = child.wait().map_err(fail)?;
+    let mut s = read.map_err(fail)?;
+    if !status.success() {
+        return Err(Error::Usage(format!("{} was cancelled", prog.display())));
+    }
+    s.trim_end_matches(|b| b == b'\n' || b == b'\r');
+    Ok(s)
+}

@@ -4,6 +4,7 @@
 //! (knows no TPM) through `token` (the on-disk format); `secret` owns secret bytes.
 
 pub mod cmd;
+pub mod console;
 pub mod error;
 pub mod input;
 pub mod luks;

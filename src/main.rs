@@ -7,6 +7,7 @@ use clap::Parser;
 
 use cli::{Cli, Command};
 use sealroot::cmd::{enroll, fence, recover, remove, status, unlock};
+use sealroot::console;
 use sealroot::error::{Error, exit};
 use sealroot::luks::volume::quiet_library_log;
 
@@ -14,6 +15,9 @@ fn main() -> ExitCode {
     quiet_tss_log();
     init_logging();
     let cli = Cli::parse();
+    if cli.kmsg {
+        console::enable_kmsg();
+    }
     quiet_library_log();
     // Secrets must never reach swap or a core dump.
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
@@ -40,7 +44,7 @@ fn init_logging() {
 }
 
 fn report(e: &Error) -> u8 {
-    eprintln!("sealroot: {e}");
+    console::error(&e.to_string());
     e.exit_code()
 }
 
@@ -88,6 +92,7 @@ fn run(command: Command) -> u8 {
             pairs,
             test,
             pin_file,
+            askpass,
             no_fence,
             tcti,
         } => {
@@ -105,14 +110,15 @@ fn run(command: Command) -> u8 {
                 test,
                 tcti: tcti.tcti,
                 pin_file,
+                askpass,
                 no_fence,
             });
             if let Some(e) = &r.fence_error {
-                eprintln!("sealroot: could not extend the fence PCR: {e}");
+                console::error(&format!("could not extend the fence PCR: {e}"));
             }
             let mut code = exit::OK;
             for (device, e) in &r.failures {
-                eprintln!("sealroot: {}: {e}", device.display());
+                console::error(&format!("{}: {e}", device.display()));
                 if code == exit::OK {
                     code = e.exit_code();
                 }

@@ -241,3 +241,22 @@ fn sha384_and_sha1_banks() {
         assert_eq!(r.code, 0, "{bank}: {}", r.stderr);
     }
 }
+
+#[test]
+fn pin_through_an_askpass_program() {
+    use std::os::unix::fs::PermissionsExt;
+    let f = Fixture::new();
+    let pin = f.write("pin", b"1357");
+    f.enroll(&["--pin", "--pin-file", pin.to_str().unwrap()]);
+    // Stands in for /lib/cryptsetup/askpass: prints what the user typed, gets the prompt.
+    let seen = f.path("prompt-seen");
+    let script = f.write(
+        "askpass",
+        format!("#!/bin/sh\nprintf '%s' \"$1\" > {}\necho 1357\n", seen.display()).as_bytes(),
+    );
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let r = f.unlock_test(&["--askpass", script.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let prompt = std::fs::read_to_string(&seen).unwrap();
+    assert!(prompt.contains("PIN"), "{prompt}");
+}

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use super::LazyTpm;
 use super::enroll::passphrase_of;
 use crate::error::{Error, Result};
+use crate::console;
 use crate::input;
 use crate::luks::{LuksError, Volume};
 use crate::pin;
@@ -25,6 +26,8 @@ pub struct UnlockOptions {
     pub test: bool,
     pub tcti: Option<String>,
     pub pin_file: Option<PathBuf>,
+    /// Program that asks for a PIN: run as `PROG "PROMPT"`, its stdout is the PIN.
+    pub askpass: Option<PathBuf>,
     pub no_fence: bool,
 }
 
@@ -46,6 +49,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
         let mut ctx = Attempt {
             tpm: &mut tpm,
             pin_file: o.pin_file.as_ref(),
+            askpass: o.askpass.as_ref(),
             pin_cache: &mut pin_cache,
             fence_pcrs: &mut fence_pcrs,
             saw_token: &mut saw_token,
@@ -57,7 +61,11 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
                     name,
                     &uuid,
                 ));
-                log::info!("{}: unlocked as {name}", device.display());
+                console::progress(&format!(
+                    "{} {} as {name}",
+                    device.display(),
+                    if o.test { "verified (--test)" } else { "unlocked" }
+                ));
             }
             Err((uuid, e)) => {
                 let uuid = uuid.unwrap_or_else(|| device.display().to_string());
@@ -79,7 +87,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
             if let Err(e) = r {
                 fence_error = Some(e);
             } else {
-                log::info!("fence PCR {pcr} extended");
+                console::progress(&format!("fence PCR {pcr} extended"));
             }
         }
     }
@@ -92,6 +100,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
 struct Attempt<'a> {
     tpm: &'a mut LazyTpm,
     pin_file: Option<&'a PathBuf>,
+    askpass: Option<&'a PathBuf>,
     pin_cache: &'a mut Option<Secret>,
     fence_pcrs: &'a mut BTreeSet<u32>,
     saw_token: &'a mut bool,
@@ -257,7 +266,7 @@ fn unseal_token(
             for _ in 0..tries {
                 let pin = match a.pin_cache.take() {
                     Some(p) => p,
-                    None => read_pin(a.pin_file, vol)?,
+                    None => read_pin(a.pin_file, a.askpass, vol)?,
                 };
                 let auth = pin::auth_value(&pin, &params.salt, params.iterations);
                 let ctx = a.tpm.get()?;
@@ -279,7 +288,7 @@ fn unseal_token(
                         break;
                     }
                     Err(TpmError::WrongPin) => {
-                        eprintln!("sealroot: wrong PIN");
+                        console::error("wrong PIN");
                         last = Error::Tpm(TpmError::WrongPin);
                     }
                     Err(e) => return Err(e.into()),
@@ -290,12 +299,12 @@ fn unseal_token(
     })
 }
 
-fn read_pin(pin_file: Option<&PathBuf>, vol: &Volume) -> Result<Secret> {
-    match pin_file {
-        Some(p) => input::read_line_file(p),
-        None if input::terminal_available() => {
-            input::read_terminal(&format!("TPM PIN for {}: ", vol.path().display()))
-        }
-        None => Err(Error::Tpm(TpmError::PinNeeded)),
+fn read_pin(pin_file: Option<&PathBuf>, askpass: Option<&PathBuf>, vol: &Volume) -> Result<Secret> {
+    let prompt = format!("TPM PIN for {}: ", vol.path().display());
+    match (pin_file, askpass) {
+        (Some(p), _) => input::read_line_file(p),
+        (None, Some(prog)) => input::read_askpass(prog, &prompt),
+        (None, None) if input::terminal_available() => input::read_terminal(&prompt),
+        (None, None) => Err(Error::Tpm(TpmError::PinNeeded)),
     }
 }
