@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 STATIC_BIN := target/static/sealroot
 
-.PHONY: all build release static check-static test e2e demo bench install clean
+.PHONY: all build release static check-static test e2e demo demo-host bench install clean
 
 all: build
 
@@ -51,7 +51,13 @@ install: static
 	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/scripts/local-top/sealroot
 
-demo: release
+# The VM demo: a guest whose sealed root unlocks itself, then the fallbacks.
+demo: static
+	./scripts/deps.sh e2e
+	E2E_SHOW=1 ./tests/vm/run.sh
+
+# A quick tour of the commands on an image file and a swtpm (no VM).
+demo-host: release
 	./scripts/deps.sh demo
 	./scripts/demo-host.sh
 

@@ -252,7 +252,11 @@ fn pin_through_an_askpass_program() {
     let seen = f.path("prompt-seen");
     let script = f.write(
         "askpass",
-        format!("#!/bin/sh\nprintf '%s' \"$1\" > {}\necho 1357\n", seen.display()).as_bytes(),
+        format!(
+            "#!/bin/sh\nprintf '%s' \"$1\" > {}\necho 1357\n",
+            seen.display()
+        )
+        .as_bytes(),
     );
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let r = f.unlock_test(&["--askpass", script.to_str().unwrap()]);

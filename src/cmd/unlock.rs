@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use super::LazyTpm;
 use super::enroll::passphrase_of;
-use crate::error::{Error, Result};
 use crate::console;
+use crate::error::{Error, Result};
 use crate::input;
 use crate::luks::{LuksError, Volume};
 use crate::pin;
@@ -64,7 +64,11 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
                 console::progress(&format!(
                     "{} {} as {name}",
                     device.display(),
-                    if o.test { "verified (--test)" } else { "unlocked" }
+                    if o.test {
+                        "verified (--test)"
+                    } else {
+                        "unlocked"
+                    }
                 ));
             }
             Err((uuid, e)) => {

@@ -22,6 +22,9 @@ OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
 CMDLINE = "root=/dev/mapper/root ro console=ttyS0 panic=-1 init=/sbin/e2e-init"
 PROMPT = re.compile(r"Please unlock disk \S+:")
 BOOT_TIMEOUT = int(os.environ.get("E2E_BOOT_TIMEOUT", "300"))
+# `make demo`: show what each boot printed that matters, not just ok/FAIL.
+SHOW = os.environ.get("E2E_SHOW") == "1"
+SHOWN = re.compile(r"^(sealroot: |Please unlock disk|cryptsetup: |E2E-(ROOT-REACHED|FENCE-CHECK|ENROLLED|LOG))")
 
 
 class Failure(Exception):
@@ -114,6 +117,11 @@ class Guest:
             log.close()
         text = open(log_path, encoding="utf-8", errors="replace").read().replace("\r", "")
         print(f"  {name}: {time.monotonic() - started:.0f}s, log {log_path}", flush=True)
+        if SHOW:
+            for line in text.splitlines():
+                line = re.sub(r"^.*?(?=sealroot: |Please unlock)", "", line) if "sealroot: " in line or "Please unlock" in line else line
+                if SHOWN.match(line):
+                    print(f"    | {line}", flush=True)
         if answer is not None and prompts == 0:
             raise Failure(f"{name}: expected the passphrase prompt, none appeared")
         if "E2E-ROOT-REACHED" not in text:
