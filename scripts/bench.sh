@@ -68,7 +68,8 @@ cc_names() {
     sed -e 's/000173/ReadPublic/g; s/000157/Load/g; s/000176/StartAuthSession/g' \
         -e 's/00017f/PolicyPCR/g; s/00017F/PolicyPCR/g; s/00015e/Unseal/g; s/00015E/Unseal/g' \
         -e 's/000165/FlushContext/g; s/00017a/GetCapability/g; s/00017A/GetCapability/g' \
-        -e 's/000182/PCR_Extend/g; s/00016b/PolicyAuthValue/g; s/00016B/PolicyAuthValue/g' \
+        -e 's/000182/PCR_Extend/g; s/00013c/PCR_Event/g; s/00013C/PCR_Event/g' \
+        -e 's/00016b/PolicyAuthValue/g; s/00016B/PolicyAuthValue/g' \
         -e 's/\b00//g'
 }
 after=$(grep -c 'SWTPM_IO_Read:' "$WORK/swtpm.log")

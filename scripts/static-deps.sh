@@ -12,6 +12,8 @@
 #     may lack), and has no per-call lookup cost (OpenSSL 3.0's EVP_MD_fetch made the LUKS2
 #     anti-forensic merge several ms slower). Bundled Argon2, no external token plugins,
 #     no udev, no blkid, no selinux.
+#     scripts/patches/cryptsetup-gcrypt-md-map-cache.patch caches digest name lookups
+#     (libgcrypt scans all its OIDs per lookup; a keyslot open did 8000).
 #   libgcrypt 1.10.1 (bookworm) with AES and the SHA family only: Debian's archive links
 #     every cipher in, which alone made the binary 1.3 MB larger.
 #   lvm2 2.03.16 (bookworm): only libdevmapper, without udev synchronisation.
@@ -58,7 +60,7 @@ if [ ! -e "$DEPS/apt/updated" ] || [ -n "$(find "$DEPS/apt/updated" -mmin +1440)
     touch "$DEPS/apt/updated"
 fi
 versions=$(apt_private source --print-uris "$TSS" "$CRYPTSETUP" "$LVM2" "$GCRYPT" 2>/dev/null | grep -o "[a-z0-9-]*_[^ ']*\.dsc" | sort)
-KEY=$( (cat "$0"; echo "$versions") | sha256sum | cut -c1-16)
+KEY=$( (cat "$0" "$ROOT"/scripts/patches/*.patch; echo "$versions") | sha256sum | cut -c1-16)
 PREFIX=$DEPS/$KEY/prefix
 BUILD=$DEPS/$KEY/build
 
@@ -120,7 +122,10 @@ EOF
     unpack cryptsetup
     (
         cd "$BUILD/cryptsetup"
-        ./autogen.sh >"$BUILD/cryptsetup.log" 2>&1
+        for p in "$ROOT"/scripts/patches/cryptsetup-*.patch; do
+            patch -p1 <"$p" >"$BUILD/cryptsetup.log"
+        done
+        ./autogen.sh >>"$BUILD/cryptsetup.log" 2>&1
         ./configure --prefix="$PREFIX" --disable-shared --enable-static \
             --disable-cryptsetup --disable-veritysetup --disable-integritysetup \
             --disable-ssh-token --disable-external-tokens --disable-udev --disable-selinux \

@@ -12,25 +12,44 @@ use tss_esapi::Context;
 
 use crate::tpm::TpmError;
 use crate::tpm::context::{choose_tcti, open};
+use crate::tpm::esys::Esys;
 
-/// The TPM, opened on first use so commands that never need it never touch it, and once
-/// per command so a TPM without a resource manager is fine.
-pub struct LazyTpm {
+/// A TPM context, opened on first use so commands that never need it never touch it, and
+/// once per command so a TPM without a resource manager (one open at a time) is fine.
+/// `LazyTpm` (tss-esapi) serves enroll and status; `LazyEsys` (raw ESAPI) the boot path.
+pub struct Lazy<T> {
     tcti: String,
+    open: fn(&str) -> Result<T, TpmError>,
     /// Ok(context) or the reason it could not be opened.
-    ctx: Option<Result<Context, String>>,
+    ctx: Option<Result<T, String>>,
 }
+
+pub type LazyTpm = Lazy<Context>;
+pub type LazyEsys = Lazy<Esys>;
 
 impl LazyTpm {
     pub fn new(cli_tcti: Option<&str>) -> LazyTpm {
-        LazyTpm {
+        Lazy::with(cli_tcti, open)
+    }
+}
+
+impl LazyEsys {
+    pub fn new(cli_tcti: Option<&str>) -> LazyEsys {
+        Lazy::with(cli_tcti, Esys::open)
+    }
+}
+
+impl<T> Lazy<T> {
+    fn with(cli_tcti: Option<&str>, open: fn(&str) -> Result<T, TpmError>) -> Lazy<T> {
+        Lazy {
             tcti: choose_tcti(cli_tcti),
+            open,
             ctx: None,
         }
     }
 
-    pub fn get(&mut self) -> Result<&mut Context, TpmError> {
-        let tcti = self.tcti.clone();
+    pub fn get(&mut self) -> Result<&mut T, TpmError> {
+        let (tcti, open) = (self.tcti.clone(), self.open);
         let slot = self.ctx.get_or_insert_with(|| {
             open(&tcti).map_err(|e| match e {
                 TpmError::Unavailable { reason, .. } => reason,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::LazyTpm;
+use super::LazyEsys;
 use super::enroll::passphrase_of;
 use crate::console;
 use crate::error::{Error, Result};
@@ -12,9 +12,9 @@ use crate::luks::{LuksError, Volume};
 use crate::pin;
 use crate::secret::Secret;
 use crate::token::{SealrootToken, TOKEN_TYPE, token_type};
+use crate::tpm::TpmError;
+use crate::tpm::esys::{Esys, Unseal};
 use crate::tpm::fence::{self, DEFAULT_FENCE_PCR};
-use crate::tpm::seal::{self, UnsealRequest};
-use crate::tpm::{TpmError, pcr, srk};
 
 /// PIN attempts on a terminal before giving up on a token.
 const PIN_TRIES: usize = 3;
@@ -38,7 +38,7 @@ pub struct UnlockReport {
 }
 
 pub fn run(o: &UnlockOptions) -> UnlockReport {
-    let mut tpm = LazyTpm::new(o.tcti.as_deref());
+    let mut tpm = LazyEsys::new(o.tcti.as_deref());
     let mut pin_cache: Option<Secret> = None;
     let mut measurements = Vec::new();
     let mut fence_pcrs = BTreeSet::new();
@@ -87,7 +87,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
         for pcr in fence_pcrs {
             let r = tpm
                 .get()
-                .and_then(|ctx| fence::extend(ctx, pcr, &measurements));
+                .and_then(|ctx| ctx.pcr_event(pcr, &fence::event(&measurements)));
             if let Err(e) = r {
                 fence_error = Some(e);
             } else {
@@ -102,7 +102,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
 }
 
 struct Attempt<'a> {
-    tpm: &'a mut LazyTpm,
+    tpm: &'a mut LazyEsys,
     pin_file: Option<&'a PathBuf>,
     askpass: Option<&'a PathBuf>,
     pin_cache: &'a mut Option<Secret>,
@@ -172,12 +172,9 @@ fn unlock_with_token(
     name: &str,
     test: bool,
 ) -> Result<Secret> {
-    let ctx = a.tpm.get()?;
+    a.tpm.get()?;
     log::debug!("TPM open");
-    let srk_public = srk::public_from_tpm2b(&token.srk_public)?;
-    let parent = srk::expect(ctx, token.srk_handle, &srk_public)?;
-    let pcrs = token.pcr_indexes();
-    let secret = unseal_token(a, vol, token, parent, &pcrs).map_err(|e| match e {
+    let secret = unseal_token(a, vol, token).map_err(|e| match e {
         Error::Tpm(TpmError::PolicyMismatch { .. }) => match a.tpm.get() {
             Ok(ctx) => Error::Tpm(TpmError::PolicyMismatch {
                 detail: mismatch_detail(ctx, token),
@@ -208,8 +205,8 @@ fn unlock_with_token(
 
 /// Names the PCRs that differ from the token (read only on this failure path, so a normal
 /// unlock sends no extra commands).
-fn mismatch_detail(ctx: &mut tss_esapi::Context, token: &SealrootToken) -> String {
-    let Ok(now) = pcr::read(ctx, token.bank, &token.pcr_indexes()) else {
+fn mismatch_detail(ctx: &mut Esys, token: &SealrootToken) -> String {
+    let Ok(now) = ctx.pcr_read(token.bank, &token.pcr_indexes()) else {
         return String::new();
     };
     let differ: Vec<u32> = token
@@ -239,68 +236,54 @@ fn mismatch_detail(ctx: &mut tss_esapi::Context, token: &SealrootToken) -> Strin
     }
 }
 
-fn unseal_token(
-    a: &mut Attempt<'_>,
-    vol: &Volume,
-    token: &SealrootToken,
-    parent: tss_esapi::handles::KeyHandle,
-    pcrs: &[u32],
-) -> Result<Secret> {
-    let ctx = a.tpm.get()?;
-    Ok(match &token.pin {
-        None => seal::unseal(
-            ctx,
-            &UnsealRequest {
-                parent,
-                object: &token.sealed,
-                bank: token.bank,
-                pcrs,
-                expected_pcr_digest: token.expected_pcr_digest(),
-                auth: None,
-            },
-        )?,
-        Some(params) => {
-            let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
-                1
-            } else {
-                PIN_TRIES
-            };
-            let mut last = Error::Tpm(TpmError::WrongPin);
-            let mut unsealed = None;
-            for _ in 0..tries {
-                let pin = match a.pin_cache.take() {
-                    Some(p) => p,
-                    None => read_pin(a.pin_file, a.askpass, vol)?,
-                };
-                let auth = pin::auth_value(&pin, &params.salt, params.iterations);
-                let ctx = a.tpm.get()?;
-                match seal::unseal(
-                    ctx,
-                    &UnsealRequest {
-                        parent,
-                        object: &token.sealed,
-                        bank: token.bank,
-                        pcrs,
-                        expected_pcr_digest: token.expected_pcr_digest(),
-                        auth: Some(&auth),
-                    },
-                ) {
-                    Ok(s) => {
-                        // The same PIN often serves several volumes: keep it for them.
-                        *a.pin_cache = Some(pin);
-                        unsealed = Some(s);
-                        break;
-                    }
-                    Err(TpmError::WrongPin) => {
-                        console::error("wrong PIN");
-                        last = Error::Tpm(TpmError::WrongPin);
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            unsealed.ok_or(last)?
+fn unseal_token(a: &mut Attempt<'_>, vol: &Volume, token: &SealrootToken) -> Result<Secret> {
+    let pcrs = token.pcr_indexes();
+    fn request<'r>(
+        token: &'r SealrootToken,
+        pcrs: &'r [u32],
+        auth: Option<&'r Secret>,
+    ) -> Unseal<'r> {
+        Unseal {
+            parent_handle: token.srk_handle,
+            parent_public: &token.srk_public,
+            object: &token.sealed,
+            bank: token.bank,
+            pcrs,
+            expected_pcr_digest: token.expected_pcr_digest(),
+            auth,
         }
-    })
+    }
+    let Some(params) = &token.pin else {
+        return Ok(a.tpm.get()?.unseal(&request(token, &pcrs, None))?);
+    };
+    let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
+        1
+    } else {
+        PIN_TRIES
+    };
+    let mut last = Error::Tpm(TpmError::WrongPin);
+    for attempt in 0..tries {
+        let pin = match a.pin_cache.take() {
+            Some(p) => p,
+            None => read_pin(a.pin_file, a.askpass, vol)?,
+        };
+        let auth = pin::auth_value(&pin, &params.salt, params.iterations);
+        match a.tpm.get()?.unseal(&request(token, &pcrs, Some(&auth))) {
+            Ok(s) => {
+                // The same PIN often serves several volumes: keep it for them.
+                *a.pin_cache = Some(pin);
+                return Ok(s);
+            }
+            Err(TpmError::WrongPin) => {
+                if attempt + 1 < tries {
+                    console::error("wrong PIN, try again");
+                }
+                last = Error::Tpm(TpmError::WrongPin);
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(last)
 }
 
 fn read_pin(pin_file: Option<&PathBuf>, askpass: Option<&PathBuf>, vol: &Volume) -> Result<Secret> {

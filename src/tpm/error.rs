@@ -28,7 +28,7 @@ pub enum TpmError {
     )]
     WrongTpm { detail: String },
     #[error(
-        "the TPM rejected the sealed key ({detail}): the token is corrupt or was sealed under another key; use `sealroot recover`, then re-enroll"
+        "the TPM rejected the sealed key ({detail}): it was sealed by another TPM, the TPM was cleared, or the token is corrupt; use `sealroot recover`, then re-enroll"
     )]
     Rejected { detail: String },
     #[error("PCRs kept changing during the policy check; try again")]
@@ -128,18 +128,26 @@ pub fn kind_of(e: &tss_esapi::Error) -> RcKind {
 
 /// A failed command as an error, mapping the causes a user can act on.
 pub fn command_error(op: &'static str, e: tss_esapi::Error) -> TpmError {
-    match kind_of(&e) {
+    match raw_rc(&e) {
+        Some(rc) => from_rc(op, rc),
+        None => TpmError::Command {
+            op,
+            rc: e.to_string(),
+        },
+    }
+}
+
+/// The same for a raw TSS2_RC.
+pub fn from_rc(op: &'static str, rc: u32) -> TpmError {
+    match classify(rc) {
         RcKind::Lockout => TpmError::Lockout,
         RcKind::Transport => TpmError::Unavailable {
             tcti: "connection".into(),
-            reason: format!("{op}: {e}"),
+            reason: format!("{op} failed (0x{rc:x})"),
         },
         _ => TpmError::Command {
             op,
-            rc: match raw_rc(&e) {
-                Some(rc) => format!("{e} (0x{rc:x})"),
-                None => e.to_string(),
-            },
+            rc: format!("{} (0x{rc:x})", tss_esapi::Error::Tss2Error(rc.into())),
         },
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod context;
 pub mod error;
+pub mod esys;
 pub mod fence;
 pub mod pcr;
 pub mod policy;

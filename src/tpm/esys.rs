@@ -1,0 +1,529 @@
+//! The boot path's TPM access, straight on the ESAPI: tss-esapi 7 has no wrapper for
+//! `Esys_TR_Deserialize` or `Esys_PCR_Event`, and without them an unlock costs three more
+//! TPM commands (ReadPublic of the SRK, GetCapability for the banks, a session flush).
+//! Here an unlock is exactly: Load, StartAuthSession, PolicyPCR, Unseal (the session ends
+//! with it), FlushContext, PCR_Event — six commands.
+//!
+//! Everything unsafe in sealroot's TPM layer is in this file. Each handle this context
+//! creates is flushed or closed before it is dropped.
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::ptr;
+
+use sha2::{Digest as _, Sha256};
+use tss_esapi::tss2_esys::{
+    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, Esys_Finalize, Esys_FlushContext,
+    Esys_Free, Esys_Initialize, Esys_Load, Esys_PCR_Event, Esys_PCR_Read, Esys_PolicyAuthValue,
+    Esys_PolicyPCR, Esys_StartAuthSession, Esys_TR_Close, Esys_TR_Deserialize, Esys_TR_SetAuth,
+    Esys_TRSess_SetAttributes, Esys_Unseal, TPM2B_AUTH, TPM2B_DIGEST, TPM2B_EVENT, TPM2B_PRIVATE,
+    TPM2B_PUBLIC, TPML_DIGEST, TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMS_PCR_SELECTION,
+    TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC, TSS2_TCTI_CONTEXT,
+    Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal, Tss2_TctiLdr_Finalize,
+    Tss2_TctiLdr_Initialize,
+};
+use zeroize::Zeroize;
+
+use super::error::{RcKind, TpmError, classify};
+use super::pcr::PcrBank;
+use super::seal::SealedObject;
+use crate::secret::Secret;
+
+const TPM2_SE_POLICY: u8 = 0x01;
+const TPM2_ALG_AES: u16 = 0x0006;
+const TPM2_ALG_CFB: u16 = 0x0043;
+const TPM2_ALG_SHA256: u16 = 0x000B;
+const TPMA_SESSION_CONTINUESESSION: u8 = 0x01;
+const TPMA_SESSION_ENCRYPT: u8 = 0x40;
+const IESYSC_KEY_RSRC: u32 = 1;
+/// ESYS_TR values 0..=31 are the PCRs.
+const ESYS_TR_PCR0: u32 = 0;
+/// TPM2B_EVENT holds at most this much.
+const MAX_EVENT: usize = 1024;
+/// Attempts when PCRs change between PolicyPCR and Unseal.
+const PCR_CHANGED_RETRIES: usize = 10;
+
+/// One failed ESAPI call: the operation and its raw return code.
+fn check(op: &'static str, rc: TSS2_RC) -> Result<(), (&'static str, u32)> {
+    if rc == 0 { Ok(()) } else { Err((op, rc)) }
+}
+
+fn generic((op, rc): (&'static str, u32)) -> TpmError {
+    super::error::from_rc(op, rc)
+}
+
+pub struct Esys {
+    ctx: *mut ESYS_CONTEXT,
+    tcti: *mut TSS2_TCTI_CONTEXT,
+}
+
+impl Esys {
+    /// Opens the TPM behind `tcti` (tpm2-tss spelling), without parsing it ourselves: the
+    /// TCTI loader is the authority on its own syntax.
+    pub fn open(tcti: &str) -> Result<Esys, TpmError> {
+        let unavailable = |reason: String| TpmError::Unavailable {
+            tcti: tcti.to_string(),
+            reason,
+        };
+        if let Some(path) = tcti.strip_prefix("device:")
+            && !std::path::Path::new(path).exists()
+        {
+            return Err(unavailable(format!("{path} does not exist")));
+        }
+        let conf = CString::new(tcti).map_err(|_| unavailable("NUL in the TCTI".into()))?;
+        let mut tcti_ctx: *mut TSS2_TCTI_CONTEXT = ptr::null_mut();
+        // SAFETY: conf is a valid C string; tcti_ctx receives an allocation we finalize.
+        let rc = unsafe { Tss2_TctiLdr_Initialize(conf.as_ptr(), &mut tcti_ctx) };
+        if rc != 0 {
+            return Err(unavailable(format!("cannot connect (0x{rc:x})")));
+        }
+        let mut ctx: *mut ESYS_CONTEXT = ptr::null_mut();
+        // SAFETY: tcti_ctx is initialized; ctx receives an allocation we finalize.
+        let rc = unsafe { Esys_Initialize(&mut ctx, tcti_ctx, ptr::null_mut()) };
+        if rc != 0 {
+            // SAFETY: tcti_ctx came from Tss2_TctiLdr_Initialize.
+            unsafe { Tss2_TctiLdr_Finalize(&mut tcti_ctx) };
+            return Err(unavailable(format!(
+                "ESAPI initialization failed (0x{rc:x})"
+            )));
+        }
+        Ok(Esys {
+            ctx,
+            tcti: tcti_ctx,
+        })
+    }
+
+    /// An ESYS_TR for the parent at `handle`, made from the public area recorded at
+    /// enrollment instead of read from the TPM: no command is sent, and the session salt is
+    /// encrypted to the recorded key, which only the enrolling TPM can decrypt.
+    fn parent(&mut self, handle: u32, public_tpm2b: &[u8]) -> Result<ESYS_TR, TpmError> {
+        let bytes = serialized_key_resource(handle, public_tpm2b)?;
+        let mut tr: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: bytes outlives the call; tr receives a handle owned by this context.
+        let rc =
+            unsafe { Esys_TR_Deserialize(self.ctx, bytes.as_ptr(), bytes.len() as u64, &mut tr) };
+        check("TR_Deserialize", rc).map_err(generic)?;
+        Ok(tr)
+    }
+
+    fn close(&mut self, tr: &mut ESYS_TR) {
+        // SAFETY: tr is a handle of this context; closing sends no command.
+        unsafe { Esys_TR_Close(self.ctx, tr) };
+    }
+
+    fn flush(&mut self, tr: ESYS_TR) {
+        // SAFETY: tr is a transient object or session of this context.
+        unsafe { Esys_FlushContext(self.ctx, tr) };
+    }
+
+    /// Unseals a sealroot token's secret: Load, then a policy session salted with the
+    /// parent whose response is encrypted, PolicyPCR against the expected digest (and
+    /// PolicyAuthValue with a PIN), Unseal.
+    pub fn unseal(&mut self, req: &Unseal<'_>) -> Result<Secret, TpmError> {
+        let mut parent = self.parent(req.parent_handle, req.parent_public)?;
+        let result = self.load_and_unseal(parent, req);
+        self.close(&mut parent);
+        result
+    }
+
+    fn load_and_unseal(&mut self, parent: ESYS_TR, req: &Unseal<'_>) -> Result<Secret, TpmError> {
+        let private: TPM2B_PRIVATE = unmarshal_private(&req.object.private)?;
+        let public: TPM2B_PUBLIC = unmarshal_public(&req.object.public)?;
+        let mut object: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: all pointers are to live locals; object receives a transient handle.
+        let rc = unsafe {
+            Esys_Load(
+                self.ctx,
+                parent,
+                ESYS_TR_PASSWORD,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &private,
+                &public,
+                &mut object,
+            )
+        };
+        if let Err((op, rc)) = check("Load", rc) {
+            return Err(match classify(rc) {
+                RcKind::Integrity | RcKind::Value | RcKind::Handle => TpmError::Rejected {
+                    detail: format!("Load: 0x{rc:x}"),
+                },
+                _ => generic((op, rc)),
+            });
+        }
+        let result = self.unseal_loaded(parent, object, req);
+        self.flush(object);
+        result
+    }
+
+    fn unseal_loaded(
+        &mut self,
+        parent: ESYS_TR,
+        object: ESYS_TR,
+        req: &Unseal<'_>,
+    ) -> Result<Secret, TpmError> {
+        if let Some(auth) = req.auth {
+            let mut value = tpm2b_auth(auth.expose())?;
+            // SAFETY: value is a live local; ESAPI copies it.
+            let rc = unsafe { Esys_TR_SetAuth(self.ctx, object, &value) };
+            value.buffer.zeroize();
+            check("TR_SetAuth", rc).map_err(generic)?;
+        }
+        for _ in 0..PCR_CHANGED_RETRIES {
+            match self.policy_and_unseal(parent, object, req) {
+                Err(TpmError::PcrChanged) => continue,
+                other => return other,
+            }
+        }
+        Err(TpmError::PcrChanged)
+    }
+
+    fn policy_and_unseal(
+        &mut self,
+        parent: ESYS_TR,
+        object: ESYS_TR,
+        req: &Unseal<'_>,
+    ) -> Result<Secret, TpmError> {
+        let symmetric = TPMT_SYM_DEF {
+            algorithm: TPM2_ALG_AES,
+            keyBits: TPMU_SYM_KEY_BITS { aes: 128 },
+            mode: TPMU_SYM_MODE { aes: TPM2_ALG_CFB },
+        };
+        let mut session: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: pointers to live locals; session receives a handle of this context.
+        let rc = unsafe {
+            Esys_StartAuthSession(
+                self.ctx,
+                parent,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ptr::null(),
+                TPM2_SE_POLICY,
+                &symmetric,
+                TPM2_ALG_SHA256,
+                &mut session,
+            )
+        };
+        check("StartAuthSession", rc).map_err(|e| match classify(e.1) {
+            RcKind::Handle | RcKind::Value | RcKind::Integrity => TpmError::Rejected {
+                detail: format!("StartAuthSession: 0x{:x}", e.1),
+            },
+            _ => generic(e),
+        })?;
+        // Response encryption for Unseal; continueSession clear, so Unseal ends the session
+        // in the TPM and no FlushContext is needed.
+        // SAFETY: session is a live handle of this context.
+        let rc = unsafe {
+            Esys_TRSess_SetAttributes(
+                self.ctx,
+                session,
+                TPMA_SESSION_ENCRYPT,
+                TPMA_SESSION_ENCRYPT | TPMA_SESSION_CONTINUESESSION,
+            )
+        };
+        if let Err(e) = check("TRSess_SetAttributes", rc) {
+            self.flush(session);
+            return Err(generic(e));
+        }
+        let result = self
+            .run_policy(session, req)
+            .and_then(|_| self.unseal_with(session, object));
+        match result {
+            // A successful Unseal ended the session in the TPM: only ESAPI's record is left.
+            Ok(_) => self.close(&mut session),
+            // A failed command leaves its sessions as they were.
+            Err(_) => self.flush(session),
+        }
+        result
+    }
+
+    fn run_policy(&mut self, session: ESYS_TR, req: &Unseal<'_>) -> Result<(), TpmError> {
+        if !req.pcrs.is_empty() {
+            let digest = tpm2b_digest(&req.expected_pcr_digest)?;
+            let selection = pcr_selection(req.bank, req.pcrs);
+            // SAFETY: pointers to live locals.
+            let rc = unsafe {
+                Esys_PolicyPCR(
+                    self.ctx,
+                    session,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    &digest,
+                    &selection,
+                )
+            };
+            check("PolicyPCR", rc).map_err(|e| match classify(e.1) {
+                RcKind::PcrChanged => TpmError::PcrChanged,
+                // The expected digest differs from the PCRs now: the TPM says so at once.
+                RcKind::Value => TpmError::PolicyMismatch {
+                    detail: String::new(),
+                },
+                _ => generic(e),
+            })?;
+        }
+        if req.auth.is_some() {
+            // SAFETY: session is live.
+            let rc = unsafe {
+                Esys_PolicyAuthValue(self.ctx, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE)
+            };
+            check("PolicyAuthValue", rc).map_err(generic)?;
+        }
+        Ok(())
+    }
+}
+
+impl Esys {
+    fn unseal_with(&mut self, session: ESYS_TR, object: ESYS_TR) -> Result<Secret, TpmError> {
+        let mut out: *mut tss_esapi::tss2_esys::TPM2B_SENSITIVE_DATA = ptr::null_mut();
+        // SAFETY: out receives an ESAPI allocation, wiped and freed below.
+        let rc = unsafe {
+            Esys_Unseal(
+                self.ctx,
+                object,
+                session,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &mut out,
+            )
+        };
+        check("Unseal", rc).map_err(|e| match classify(e.1) {
+            RcKind::PcrChanged => TpmError::PcrChanged,
+            RcKind::PolicyFail => TpmError::PolicyMismatch {
+                detail: String::new(),
+            },
+            RcKind::AuthFail => TpmError::WrongPin,
+            _ => generic(e),
+        })?;
+        if out.is_null() {
+            return Err(TpmError::Invalid("Unseal returned no data".into()));
+        }
+        // SAFETY: out is a valid TPM2B_SENSITIVE_DATA from ESAPI until freed.
+        let secret = unsafe {
+            let data = &mut *out;
+            let len = usize::from(data.size).min(data.buffer.len());
+            let s = Secret::from_slice(&data.buffer[..len]);
+            data.buffer.zeroize();
+            Esys_Free(out.cast());
+            s
+        };
+        Ok(secret)
+    }
+
+    /// Extends `pcr` with `event` in every bank the TPM has allocated (TPM2_PCR_Event: the
+    /// TPM hashes the data once per bank), in one command.
+    pub fn pcr_event(&mut self, pcr: u32, event: &[u8]) -> Result<(), TpmError> {
+        if pcr > 23 {
+            return Err(TpmError::Invalid(format!("PCR {pcr} out of range")));
+        }
+        let digest;
+        let data = if event.len() > MAX_EVENT {
+            digest = Sha256::digest(event);
+            &digest[..]
+        } else {
+            event
+        };
+        let mut ev = TPM2B_EVENT {
+            size: data.len() as u16,
+            buffer: [0u8; MAX_EVENT],
+        };
+        ev.buffer[..data.len()].copy_from_slice(data);
+        let mut digests: *mut TPML_DIGEST_VALUES = ptr::null_mut();
+        // SAFETY: pointers to live locals; digests is freed below.
+        let rc = unsafe {
+            Esys_PCR_Event(
+                self.ctx,
+                ESYS_TR_PCR0 + pcr,
+                ESYS_TR_PASSWORD,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &ev,
+                &mut digests,
+            )
+        };
+        if !digests.is_null() {
+            // SAFETY: allocated by ESAPI.
+            unsafe { Esys_Free(digests.cast()) };
+        }
+        check("PCR_Event", rc).map_err(generic)
+    }
+
+    /// Current values of `pcrs` in `bank` (PCR_Read returns at most 8 per call).
+    pub fn pcr_read(
+        &mut self,
+        bank: PcrBank,
+        pcrs: &[u32],
+    ) -> Result<BTreeMap<u32, Vec<u8>>, TpmError> {
+        let mut out = BTreeMap::new();
+        for chunk in pcrs.chunks(8) {
+            let selection = pcr_selection(bank, chunk);
+            let mut counter = 0u32;
+            let mut sel_out: *mut TPML_PCR_SELECTION = ptr::null_mut();
+            let mut values: *mut TPML_DIGEST = ptr::null_mut();
+            // SAFETY: pointers to live locals; outputs are freed below.
+            let rc = unsafe {
+                Esys_PCR_Read(
+                    self.ctx,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    &selection,
+                    &mut counter,
+                    &mut sel_out,
+                    &mut values,
+                )
+            };
+            let result = check("PCR_Read", rc).map_err(generic).map(|_| {
+                // SAFETY: on success both outputs are valid ESAPI allocations. The TPM
+                // returns the selected PCRs in ascending order.
+                let (sel, vals) = unsafe { (&*sel_out, &*values) };
+                let mut returned = Vec::new();
+                for s in &sel.pcrSelections[..(sel.count as usize).min(16)] {
+                    for i in 0..(u32::from(s.sizeofSelect) * 8).min(32) {
+                        if s.pcrSelect[(i / 8) as usize] & (1 << (i % 8)) != 0 {
+                            returned.push(i);
+                        }
+                    }
+                }
+                for (i, d) in returned
+                    .into_iter()
+                    .zip(&vals.digests[..(vals.count as usize).min(8)])
+                {
+                    out.insert(i, d.buffer[..usize::from(d.size).min(64)].to_vec());
+                }
+            });
+            // SAFETY: allocated by ESAPI (or null).
+            unsafe {
+                if !sel_out.is_null() {
+                    Esys_Free(sel_out.cast());
+                }
+                if !values.is_null() {
+                    Esys_Free(values.cast());
+                }
+            }
+            result?;
+        }
+        Ok(out)
+    }
+}
+
+impl Drop for Esys {
+    fn drop(&mut self) {
+        // SAFETY: both were allocated in `open` and are finalized exactly once.
+        unsafe {
+            Esys_Finalize(&mut self.ctx);
+            Tss2_TctiLdr_Finalize(&mut self.tcti);
+        }
+    }
+}
+
+/// What unsealing one token needs.
+pub struct Unseal<'a> {
+    pub parent_handle: u32,
+    /// TPM2B_PUBLIC of the parent, as recorded at enrollment.
+    pub parent_public: &'a [u8],
+    pub object: &'a SealedObject,
+    pub bank: PcrBank,
+    pub pcrs: &'a [u32],
+    pub expected_pcr_digest: [u8; 32],
+    pub auth: Option<&'a Secret>,
+}
+
+/// The ESAPI serialization of a key's ESYS_TR (IESYS_RESOURCE): `u32 handle ‖ TPM2B_NAME ‖
+/// u32 IESYSC_KEY_RSRC ‖ TPM2B_PUBLIC` — systemd stores the same bytes as `tpm2_srk`.
+pub fn serialized_key_resource(handle: u32, public_tpm2b: &[u8]) -> Result<Vec<u8>, TpmError> {
+    let public = super::srk::public_from_tpm2b(public_tpm2b)?;
+    let name = super::srk::name_of(&public)?;
+    let mut out = Vec::with_capacity(12 + name.len() + public_tpm2b.len());
+    out.extend_from_slice(&handle.to_be_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(&name);
+    out.extend_from_slice(&IESYSC_KEY_RSRC.to_be_bytes());
+    out.extend_from_slice(public_tpm2b);
+    Ok(out)
+}
+
+type Unmarshal<T> = unsafe extern "C" fn(*const u8, u64, *mut u64, *mut T) -> TSS2_RC;
+
+/// A TPM2B structure from wire bytes, all of them.
+fn unmarshal<T>(bytes: &[u8], f: Unmarshal<T>, what: &str) -> Result<T, TpmError> {
+    // SAFETY: only instantiated with TPM2B_* structs: plain data, all zeros is valid.
+    let mut out: T = unsafe { std::mem::zeroed() };
+    let mut offset = 0u64;
+    // SAFETY: the buffer and output are live; the MU function checks bounds.
+    let rc = unsafe { f(bytes.as_ptr(), bytes.len() as u64, &mut offset, &mut out) };
+    if rc != 0 || offset != bytes.len() as u64 {
+        return Err(TpmError::Invalid(format!("bad {what} in the sealed blob")));
+    }
+    Ok(out)
+}
+
+fn unmarshal_private(bytes: &[u8]) -> Result<TPM2B_PRIVATE, TpmError> {
+    unmarshal(bytes, Tss2_MU_TPM2B_PRIVATE_Unmarshal, "TPM2B_PRIVATE")
+}
+
+fn unmarshal_public(bytes: &[u8]) -> Result<TPM2B_PUBLIC, TpmError> {
+    unmarshal(bytes, Tss2_MU_TPM2B_PUBLIC_Unmarshal, "TPM2B_PUBLIC")
+}
+
+fn tpm2b_digest(bytes: &[u8]) -> Result<TPM2B_DIGEST, TpmError> {
+    let mut d = TPM2B_DIGEST {
+        size: 0,
+        buffer: [0u8; 64],
+    };
+    if bytes.len() > d.buffer.len() {
+        return Err(TpmError::Invalid("digest too long".into()));
+    }
+    d.size = bytes.len() as u16;
+    d.buffer[..bytes.len()].copy_from_slice(bytes);
+    Ok(d)
+}
+
+fn tpm2b_auth(bytes: &[u8]) -> Result<TPM2B_AUTH, TpmError> {
+    tpm2b_digest(bytes)
+}
+
+fn pcr_selection(bank: PcrBank, pcrs: &[u32]) -> TPML_PCR_SELECTION {
+    let mut sel = TPMS_PCR_SELECTION {
+        hash: bank.alg_id(),
+        sizeofSelect: 3,
+        pcrSelect: [0; 4],
+    };
+    for &i in pcrs {
+        sel.pcrSelect[(i / 8) as usize] |= 1 << (i % 8);
+    }
+    // SAFETY: plain data; all zeros is valid.
+    let mut list: TPML_PCR_SELECTION = unsafe { std::mem::zeroed() };
+    list.count = 1;
+    list.pcrSelections[0] = sel;
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn key_resource_matches_systemd_tpm2_srk_vector() {
+        // tokens-systemd.md §3.3: a tpm2_srk field written by systemd (= Esys_TR_Serialize).
+        let vector = base64::engine::general_purpose::STANDARD
+            .decode("gQAAAQAiAAv5sLge1GM24g8z8nGVwj63AzM3lF2hByQxbh7A0TfsJwAAAAEAWgAjAAsAAwRyAAAABgCAAEMAEAADABAAIFsbfkcs48O3R29GrqlI9KOrqZPkoXQQb6WcYwwN4NibACDM5iwqa8lnLk89PJ10t0O6cpBaKn3nEayvLDm/8KVV8w==")
+            .unwrap();
+        let public = &vector[4 + 2 + 34 + 4..];
+        assert_eq!(
+            serialized_key_resource(0x8100_0001, public).unwrap(),
+            vector
+        );
+    }
+
+    #[test]
+    fn selection_layout() {
+        let s = pcr_selection(PcrBank::Sha256, &[4, 9, 15]);
+        assert_eq!(s.count, 1);
+        assert_eq!(s.pcrSelections[0].hash, 0x000B);
+        assert_eq!(s.pcrSelections[0].pcrSelect, [0x10, 0x82, 0, 0]);
+    }
+}
