@@ -42,14 +42,18 @@ e2e: static
 	./scripts/deps.sh e2e
 	./tests/vm/run.sh
 
-# The static binary and the initramfs-tools integration. initramfs-tools looks for hooks
-# and scripts under /usr/share/initramfs-tools whatever PREFIX is.
+# The static binary, the initramfs-tools integration and the dracut module. initramfs-tools
+# and dracut look under /usr/share/initramfs-tools and /usr/lib/dracut whatever PREFIX is.
 install: static
 	install -D -m 755 $(STATIC_BIN) $(DESTDIR)$(PREFIX)/sbin/sealroot
 	install -D -m 755 initramfs-tools/hooks/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/hooks/sealroot
 	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/scripts/local-top/sealroot
+	for f in dracut/modules.d/91sealroot/*; do \
+		install -D -m 755 $$f $(DESTDIR)/usr/lib/dracut/modules.d/91sealroot/$$(basename $$f); \
+	done
+	chmod 644 $(DESTDIR)/usr/lib/dracut/modules.d/91sealroot/sealroot.service
 
 # The VM demo: a guest whose sealed root unlocks itself, then the fallbacks.
 demo: static

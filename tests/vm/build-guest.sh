@@ -1,13 +1,17 @@
 #!/bin/bash
-# Builds the VM test guest into OUT (argument): a Debian 12 root with sealroot installed by
-# `make install DESTDIR=`, /etc/crypttab and /etc/fstab for an encrypted root, an initrd made
-# by update-initramfs inside that root (as an image builder would), and the root file system
-# encrypted in place as a LUKS2 disk image. Outputs: disk.img vmlinuz initrd.img passphrase.
+# Builds the VM test guest into OUT: a Debian 12 root with sealroot installed by
+# `make install DESTDIR=`, /etc/crypttab and /etc/fstab for an encrypted root, initrds made
+# inside that root (as an image builder would: update-initramfs, or dracut with and without
+# its systemd module), and the root file system encrypted in place as a LUKS2 disk image.
+# Usage: build-guest.sh OUT [initramfs-tools|dracut]
+# Outputs: disk.img vmlinuz passphrase uuid, and initrd.img (initramfs-tools) or
+# initrd-systemd.img + initrd-nosystemd.img (dracut).
 set -euo pipefail
 
-OUT=$(realpath "$1")
+OUT=$(realpath -m "$1")
+FLAVOUR=${2:-initramfs-tools}
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-BASE=$("$REPO/tests/vm/guest-base.sh")
+BASE=$("$REPO/tests/vm/guest-base.sh" "$FLAVOUR")
 ROOT=$OUT/root
 
 cleanup() {
@@ -33,26 +37,62 @@ cat >"$ROOT/etc/crypttab" <<CRYPTTAB
 root UUID=$UUID none luks,discard,initramfs,sealroot
 CRYPTTAB
 echo "/dev/mapper/root / ext4 defaults 0 1" >"$ROOT/etc/fstab"
-# TCG's CPU has no AES-NI: the generic AES module must be in the initrd.
-printf '%s\n' virtio_pci virtio_blk dm_mod dm_crypt xts ecb aes_generic >>"$ROOT/etc/initramfs-tools/modules"
-echo "COMPRESS=gzip" >"$ROOT/etc/initramfs-tools/conf.d/e2e"
 echo "e2e-guest" >"$ROOT/etc/hostname"
 install -m 755 "$REPO/tests/vm/guest-init" "$ROOT/sbin/e2e-init"
-
 for m in proc sys dev dev/pts; do mount --bind "/$m" "$ROOT/$m"; done
 KVER=$(basename "$(ls -d "$ROOT"/lib/modules/*)")
-chroot "$ROOT" update-initramfs -c -k "$KVER" >"$OUT/update-initramfs.log" 2>&1 || {
-    cat "$OUT/update-initramfs.log" >&2
-    exit 1
+
+# Fails the build unless the initrd carries sealroot and its volume list.
+require_sealroot() { # listing
+    if ! grep -qx 'usr/sbin/sealroot' <<<"$1" || ! grep -qx 'etc/sealroot/volumes' <<<"$1"; then
+        echo "build-guest: the initrd has no sealroot" >&2
+        exit 1
+    fi
 }
-contents=$(chroot "$ROOT" lsinitramfs "/boot/initrd.img-$KVER")
-if ! grep -qx 'usr/sbin/sealroot' <<<"$contents" || ! grep -qx 'etc/sealroot/volumes' <<<"$contents"; then
-    echo "build-guest: the initrd has no sealroot" >&2
-    exit 1
-fi
+
+case "$FLAVOUR" in
+initramfs-tools)
+    # TCG's CPU has no AES-NI: the generic AES module must be in the initrd.
+    printf '%s\n' virtio_pci virtio_blk dm_mod dm_crypt xts ecb aes_generic \
+        >>"$ROOT/etc/initramfs-tools/modules"
+    echo "COMPRESS=gzip" >"$ROOT/etc/initramfs-tools/conf.d/e2e"
+    chroot "$ROOT" update-initramfs -c -k "$KVER" >"$OUT/initrd.log" 2>&1 || {
+        cat "$OUT/initrd.log" >&2
+        exit 1
+    }
+    require_sealroot "$(chroot "$ROOT" lsinitramfs "/boot/initrd.img-$KVER")"
+    cp "$ROOT/boot/initrd.img-$KVER" "$OUT/initrd.img"
+    echo "root=/dev/mapper/root" >"$OUT/cmdline"
+    ;;
+dracut)
+    # Not host-only: a chroot cannot see the target's devices; the root volume comes from
+    # rd.luks.uuid= on the command line, as on image-built systems.
+    cat >"$ROOT/etc/dracut.conf.d/e2e.conf" <<CONF
+hostonly="no"
+add_dracutmodules+=" crypt sealroot "
+add_drivers+=" virtio_pci virtio_blk dm_mod dm_crypt xts ecb aes_generic "
+omit_dracutmodules+=" plymouth lvm mdraid multipath nfs iscsi nbd fcoe fcoe-uefi btrfs resume network network-legacy "
+compress="gzip"
+CONF
+    chroot "$ROOT" dracut --force --kver "$KVER" /boot/initrd-systemd.img >"$OUT/initrd.log" 2>&1 || {
+        cat "$OUT/initrd.log" >&2
+        exit 1
+    }
+    chroot "$ROOT" dracut --force --kver "$KVER" \
+        --omit "systemd systemd-initrd dracut-systemd systemd-ask-password systemd-networkd" \
+        /boot/initrd-nosystemd.img >>"$OUT/initrd.log" 2>&1 || {
+        cat "$OUT/initrd.log" >&2
+        exit 1
+    }
+    for v in systemd nosystemd; do
+        require_sealroot "$(chroot "$ROOT" lsinitrd "/boot/initrd-$v.img" | awk '{print $NF}')"
+        cp "$ROOT/boot/initrd-$v.img" "$OUT/initrd-$v.img"
+    done
+    echo "root=/dev/mapper/luks-$UUID rd.luks.uuid=$UUID" >"$OUT/cmdline"
+    ;;
+esac
 cleanup
 cp "$ROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
-cp "$ROOT/boot/initrd.img-$KVER" "$OUT/initrd.img"
 
 # ext4 with 4 KiB blocks (LUKS2 on a file uses 4 KiB sectors), 32 MiB left free at the end,
 # then encrypted in place: no device-mapper needed on this host.

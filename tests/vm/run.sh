@@ -6,7 +6,22 @@ REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$REPO/target/e2e
 rm -rf "$WORK"
 mkdir -p "$WORK"
-echo "e2e: building the guest" >&2
-"$REPO/tests/vm/build-guest.sh" "$WORK/guest"
-echo "e2e: booting" >&2
-/usr/bin/python3 "$REPO/tests/vm/e2e.py" "$WORK/guest" "$WORK/boots"
+# Usage: run.sh [FLAVOUR...]  (default: all of initramfs-tools dracut-systemd dracut-nosystemd)
+flavours=${*:-initramfs-tools dracut-systemd dracut-nosystemd}
+status=0
+built=""
+for flavour in $flavours; do
+    base=${flavour%%-*}
+    [ "$base" = initramfs ] && base=initramfs-tools
+    case " $built " in
+    *" $base "*) ;;
+    *)
+        echo "e2e: building the $base guest" >&2
+        "$REPO/tests/vm/build-guest.sh" "$WORK/guest-$base" "$base"
+        built="$built $base"
+        ;;
+    esac
+    echo "e2e: booting ($flavour)" >&2
+    /usr/bin/python3 "$REPO/tests/vm/e2e.py" "$WORK/guest-$base" "$WORK/$flavour" "$flavour" || status=1
+done
+exit $status

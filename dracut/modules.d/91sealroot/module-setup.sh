@@ -1,0 +1,53 @@
+#!/bin/bash
+# dracut module: unlock TPM-sealed LUKS2 volumes with sealroot before the passphrase prompt,
+# in systemd initrds (sealroot.service, before cryptsetup-pre.target) and in initrds
+# without systemd (an initqueue job that runs before cryptroot-ask). Volumes come from
+# /etc/crypttab entries marked `sealroot` or `tpm2-device=…` and, at boot, from
+# rd.luks.uuid= / rd.luks.name= on the kernel command line.
+
+check() {
+    require_binaries /usr/sbin/sealroot || return 1
+    # Hosts that mark a crypttab entry get it; otherwise only when asked for
+    # (add_dracutmodules+=" sealroot ").
+    if [[ $hostonly ]] && grep -qsE '^[^#]*[[:space:]](.*,)?(sealroot|tpm2-device=[^,[:space:]]*)(,|[[:space:]]|$)' \
+        "${dracutsysrootdir-}"/etc/crypttab; then
+        return 0
+    fi
+    return 255
+}
+
+depends() {
+    echo crypt
+    return 0
+}
+
+installkernel() {
+    # Needed even when this host's hardware is not detected (image builds in a chroot).
+    hostonly='' instmods tpm_crb tpm_tis tpm_tis_core dm_mod dm_crypt \
+        aesni_intel aes_generic xts ecb cbc sha256_generic essiv
+}
+
+install() {
+    inst_binary /usr/sbin/sealroot
+    inst_script "$moddir/sealroot-unlock.sh" /sbin/sealroot-unlock
+    inst_script "$moddir/sealroot-askpass.sh" /sbin/sealroot-askpass
+    inst_multiple cut wc sleep cat awk
+
+    mkdir -p "$initdir/etc/sealroot"
+    if [[ -r "${dracutsysrootdir-}/etc/crypttab" ]]; then
+        awk '
+            /^[[:space:]]*(#|$)/ { next }
+            {
+                n = split($4, opts, ",")
+                for (i = 1; i <= n; i++)
+                    if (opts[i] == "sealroot" || opts[i] ~ /^tpm2-device=/) { print $1, $2; break }
+            }' "${dracutsysrootdir-}/etc/crypttab" >"$initdir/etc/sealroot/volumes"
+    fi
+
+    if dracut_module_included "systemd"; then
+        inst_simple "$moddir/sealroot.service" "$systemdsystemunitdir/sealroot.service"
+        $SYSTEMCTL -q --root "$initdir" enable sealroot.service
+    else
+        inst_hook pre-trigger 90 "$moddir/sealroot-queue.sh"
+    fi
+}
