@@ -174,7 +174,7 @@ fn unlock_with_token(
 ) -> Result<Secret> {
     a.tpm.get()?;
     log::debug!("TPM open");
-    let secret = unseal_token(a, vol, token).map_err(|e| match e {
+    let secret = unseal_token(a, vol, token, name).map_err(|e| match e {
         Error::Tpm(TpmError::PolicyMismatch { .. }) => match a.tpm.get() {
             Ok(ctx) => Error::Tpm(TpmError::PolicyMismatch {
                 detail: mismatch_detail(ctx, token),
@@ -236,7 +236,12 @@ fn mismatch_detail(ctx: &mut Esys, token: &SealrootToken) -> String {
     }
 }
 
-fn unseal_token(a: &mut Attempt<'_>, vol: &Volume, token: &SealrootToken) -> Result<Secret> {
+fn unseal_token(
+    a: &mut Attempt<'_>,
+    vol: &Volume,
+    token: &SealrootToken,
+    name: &str,
+) -> Result<Secret> {
     let pcrs = token.pcr_indexes();
     fn request<'r>(
         token: &'r SealrootToken,
@@ -265,7 +270,7 @@ fn unseal_token(a: &mut Attempt<'_>, vol: &Volume, token: &SealrootToken) -> Res
     for attempt in 0..tries {
         let pin = match a.pin_cache.take() {
             Some(p) => p,
-            None => read_pin(a.pin_file, a.askpass, vol)?,
+            None => read_pin(a.pin_file, a.askpass, vol, name)?,
         };
         let auth = pin::auth_value(&pin, &params.salt, params.iterations);
         match a.tpm.get()?.unseal(&request(token, &pcrs, Some(&auth))) {
@@ -286,8 +291,13 @@ fn unseal_token(a: &mut Attempt<'_>, vol: &Volume, token: &SealrootToken) -> Res
     Err(last)
 }
 
-fn read_pin(pin_file: Option<&PathBuf>, askpass: Option<&PathBuf>, vol: &Volume) -> Result<Secret> {
-    let prompt = format!("TPM PIN for {}: ", vol.path().display());
+fn read_pin(
+    pin_file: Option<&PathBuf>,
+    askpass: Option<&PathBuf>,
+    vol: &Volume,
+    name: &str,
+) -> Result<Secret> {
+    let prompt = format!("TPM PIN for {name} ({}): ", vol.path().display());
     match (pin_file, askpass) {
         (Some(p), _) => input::read_line_file(p),
         (None, Some(prog)) => input::read_askpass(prog, &prompt),

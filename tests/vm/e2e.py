@@ -26,6 +26,9 @@ BASE_CMDLINE = "ro console=ttyS0 panic=-1 init=/sbin/e2e-init"
 PROMPT = re.compile(
     r"(Please unlock disk \S+:|Please enter passphrase for disk [^\n]*?:|Enter passphrase for \S+:"
     r"|Password \([^)]*\):)")
+# sealroot's own PIN prompt, through the initrd's askpass (console, plymouth or systemd).
+PIN_PROMPT = re.compile(r"TPM PIN for \S+ \(\S+\):")
+PIN = "2468"
 INITRD = {
     "initramfs-tools": "initrd.img",
     "dracut-systemd": "initrd-systemd.img",
@@ -61,9 +64,10 @@ class Guest:
         self.recovery_key = None
         self.boots = 0
 
-    def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False):
+    def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=()):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
-        failure). Returns the serial log with carriage returns removed."""
+        failure); `pins`: what to type at successive PIN prompts (more prompts than answers
+        is a failure). Returns the serial log with carriage returns removed."""
         self.boots += 1
         cmdline = cmdline or self.cmdline
         log_path = os.path.join(self.work, f"{self.boots:02d}-{name}.log")
@@ -109,10 +113,18 @@ class Guest:
         log = open(log_path, "w")
         child.logfile_read = log
         prompts = 0
+        pins = list(pins)
+        pin_prompts = 0
         try:
             while True:
-                i = child.expect([PROMPT, "E2E-POWEROFF", pexpect.EOF, pexpect.TIMEOUT])
-                if i == 0:
+                i = child.expect([PROMPT, "E2E-POWEROFF", pexpect.EOF, pexpect.TIMEOUT,
+                                  PIN_PROMPT])
+                if i == 4:
+                    pin_prompts += 1
+                    if not pins:
+                        raise Failure(f"{name}: unexpected PIN prompt #{pin_prompts}")
+                    child.sendline(pins.pop(0))
+                elif i == 0:
                     prompts += 1
                     if answer is None:
                         raise Failure(f"{name}: unexpected passphrase prompt")
@@ -142,6 +154,8 @@ class Guest:
                     print(f"    | {line}", flush=True)
         if answer is not None and prompts == 0:
             raise Failure(f"{name}: expected the passphrase prompt, none appeared")
+        if pins:
+            raise Failure(f"{name}: {len(pins)} expected PIN prompt(s) did not appear")
         if "E2E-ROOT-REACHED" not in text:
             raise Failure(f"{name}: the real root was not reached")
         return text
@@ -217,6 +231,14 @@ def main():
         text = g.boot("no-tpm", "check", tpm=False, answer=g.passphrase)
         need(text, r"sealroot: .*TPM unavailable", "TPM absent message")
 
+    def pin():
+        text = g.boot("enroll-pin", "enroll-pin", persist=True)
+        need(text, r"^E2E-ENROLLED rc=0", "PIN enrollment")
+        # A wrong PIN first: asked again (up to 3 tries), then the right one; no passphrase.
+        text = g.boot("pin", "check", pins=["1111", PIN])
+        need(text, r"sealroot: wrong PIN, try again", "retry after a wrong PIN")
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as ", "unlock with the PIN")
+
     def fence_before_prompt(text):
         fence = text.find("sealroot: fence PCR 15 extended")
         prompt = PROMPT.search(text)
@@ -231,6 +253,7 @@ def main():
         if flavour == "initramfs-tools":
             scenario("4. PCR mismatch -> stock prompt -> recovery key", recovery_key)
         scenario("5. no TPM -> stock prompt -> passphrase", no_tpm)
+        scenario("PIN asked through the initrd's prompt: wrong, then right", pin)
     except Failure as e:
         print(f"FAIL ({flavour}): {e}", file=sys.stderr)
         return 1
