@@ -16,6 +16,8 @@
 #     (libgcrypt scans all its OIDs per lookup; a keyslot open did 8000).
 #   libgcrypt 1.10.1 (bookworm) with AES and the SHA family only: Debian's archive links
 #     every cipher in, which alone made the binary 1.3 MB larger.
+#     scripts/patches/tpm2-tss-mbed-ecdh-z-fixed-size.patch: the mbedTLS backend wrote the
+#     ECDH secret without leading zeros, so 1 salted session in 256 failed (TPM_RC_AUTH_FAIL).
 #   lvm2 2.03.16 (bookworm): only libdevmapper, without udev synchronisation.
 # Nothing is written outside the repository except by apt-get (build dependencies); the
 # source lists apt-get uses for `apt-get source` live under target/ too.
@@ -144,7 +146,10 @@ EOF
         # The source package is a git export: bootstrap wants `git describe` for VERSION.
         version=$(basename "$DEPS"/dl/tpm2-tss_*.orig.tar.* | sed 's/^tpm2-tss_//; s/\.orig.*//')
         sed -i "s/^git describe.*/echo $version > VERSION/" bootstrap
-        ./bootstrap >"$BUILD/tss.log" 2>&1
+        for p in "$ROOT"/scripts/patches/tpm2-tss-*.patch; do
+            patch -p1 <"$p" >"$BUILD/tss.log"
+        done
+        ./bootstrap >>"$BUILD/tss.log" 2>&1
         ./configure --prefix="$PREFIX" --enable-static --disable-shared --with-pic \
             --enable-nodl --disable-fapi --disable-policy --with-crypto=mbed \
             --disable-tcti-pcap --disable-tcti-libtpms --disable-tcti-cmd \

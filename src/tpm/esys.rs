@@ -169,13 +169,32 @@ impl Esys {
             value.buffer.zeroize();
             check("TR_SetAuth", rc).map_err(generic)?;
         }
+        let mut last = TpmError::PcrChanged;
+        // The static build carries the fixed tpm2-tss; a development build links the
+        // system's, which may have the bug below: there a PIN failure is retried once in a
+        // new session (costing one more dictionary-attack try if the PIN really is wrong).
+        let mut pin_retry = !cfg!(feature = "static");
         for _ in 0..PCR_CHANGED_RETRIES {
             match self.policy_and_unseal(parent, object, req) {
-                Err(TpmError::PcrChanged) => continue,
+                Err(TpmError::PcrChanged) => last = TpmError::PcrChanged,
+                Err(TpmError::WrongPin) if req.auth.is_some() && pin_retry => {
+                    pin_retry = false;
+                    last = TpmError::WrongPin;
+                }
+                // Without a PIN an authorization failure cannot be the user's: the client
+                // and the TPM derived different session keys (tpm2-tss before the fix in
+                // scripts/patches dropped leading zeros of the ECDH secret, 1 session in
+                // 256). The object is noDA, so a new session costs nothing.
+                Err(TpmError::WrongPin) if req.auth.is_none() => {
+                    last = TpmError::Command {
+                        op: "Unseal",
+                        rc: "the salted session failed its authorization check repeatedly".into(),
+                    }
+                }
                 other => return other,
             }
         }
-        Err(TpmError::PcrChanged)
+        Err(last)
     }
 
     fn policy_and_unseal(

@@ -126,21 +126,38 @@ pub fn seal(
         .transpose()
         .map_err(|e| TpmError::Invalid(format!("PIN auth value: {e}")))?;
 
-    // The secret and the PIN travel in TPM2_Create's first parameter: encrypt it.
-    let hmac = session::start(
-        ctx,
-        parent,
-        SessionType::Hmac,
-        Encrypt {
-            command: true,
-            response: false,
-        },
-    )?;
-    let created = ctx.execute_with_session(Some(hmac), |c| {
-        c.create(parent, template, auth_value, Some(data), None, None)
-    });
-    session::flush(ctx, hmac);
-    let created = created.map_err(|e| command_error("Create", e))?;
+    // The secret and the PIN travel in TPM2_Create's first parameter: encrypt it. A salted
+    // session whose key the client derived differently from the TPM (tpm2-tss dropped
+    // leading zeros of the ECDH secret: 1 session in 256) fails with an authorization
+    // error that has no dictionary-attack effect (the SRK is noDA): try a new one.
+    let mut attempt = 0;
+    let created = loop {
+        attempt += 1;
+        let hmac = session::start(
+            ctx,
+            parent,
+            SessionType::Hmac,
+            Encrypt {
+                command: true,
+                response: false,
+            },
+        )?;
+        let created = ctx.execute_with_session(Some(hmac), |c| {
+            c.create(
+                parent,
+                template.clone(),
+                auth_value.clone(),
+                Some(data.clone()),
+                None,
+                None,
+            )
+        });
+        session::flush(ctx, hmac);
+        match created {
+            Err(e) if kind_of(&e) == RcKind::AuthFail && attempt < 4 => continue,
+            other => break other.map_err(|e| command_error("Create", e))?,
+        }
+    };
 
     let mut private = (created.out_private.len() as u16).to_be_bytes().to_vec();
     private.extend_from_slice(created.out_private.value());
