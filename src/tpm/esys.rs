@@ -178,6 +178,7 @@ impl Esys {
             match self.policy_and_unseal(parent, object, req) {
                 Err(TpmError::PcrChanged) => last = TpmError::PcrChanged,
                 Err(TpmError::WrongPin) if req.auth.is_some() && pin_retry => {
+                    log::debug!("PIN authorization failed; once more in a new session");
                     pin_retry = false;
                     last = TpmError::WrongPin;
                 }
@@ -186,6 +187,7 @@ impl Esys {
                 // scripts/patches dropped leading zeros of the ECDH secret, 1 session in
                 // 256). The object is noDA, so a new session costs nothing.
                 Err(TpmError::WrongPin) if req.auth.is_none() => {
+                    log::debug!("the salted session failed its authorization check; new session");
                     last = TpmError::Command {
                         op: "Unseal",
                         rc: "the salted session failed its authorization check repeatedly".into(),
