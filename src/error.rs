@@ -31,6 +31,9 @@ pub enum Error {
     /// A failure while trying one token of a volume.
     #[error("token {id}: {source}")]
     Token { id: u32, source: Box<Error> },
+    /// A message of our own with the exit code of a TPM error (foreign tokens).
+    #[error("{message}")]
+    Coded { message: String, code: u8 },
 }
 
 impl Error {
@@ -42,6 +45,7 @@ impl Error {
             Error::Luks(e) => e.exit_code(),
             Error::Other(_) => exit::FAILURE,
             Error::Token { source, .. } => source.exit_code(),
+            Error::Coded { code, .. } => *code,
         }
     }
 
@@ -55,6 +59,16 @@ impl Error {
             exit::DEVICE => 3,
             exit::NO_TOKEN => 2,
             _ => 1,
+        }
+    }
+}
+
+impl Error {
+    /// Keeps this message, takes `e`'s exit code.
+    pub fn with_code_of(self, e: TpmError) -> Error {
+        Error::Coded {
+            message: self.to_string(),
+            code: e.exit_code(),
         }
     }
 }

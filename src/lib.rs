@@ -12,4 +12,5 @@ pub mod pin;
 pub mod recovery;
 pub mod secret;
 pub mod token;
+pub mod tokens;
 pub mod tpm;

@@ -8,7 +8,9 @@ use super::LazyTpm;
 use crate::error::Result;
 use crate::luks::Volume;
 use crate::token::{SealrootToken, TOKEN_TYPE, token_keyslots, token_type};
+use crate::tokens::{ForeignPlan, clevis, systemd};
 use crate::tpm::pcr;
+use crate::tpm::policy::foreign_policy;
 
 pub struct StatusOptions {
     pub device: PathBuf,
@@ -38,6 +40,16 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
             match SealrootToken::from_json(entry.id, &entry.json) {
                 Err(e) => t["error"] = json!(e.to_string()),
                 Ok(token) => describe(&mut t, &token, &mut tpm, &mut tpm_error),
+            }
+        } else if kind == systemd::TOKEN_TYPE || kind == clevis::TOKEN_TYPE {
+            let planned = if kind == systemd::TOKEN_TYPE {
+                systemd::plan(entry.id, &entry.json)
+            } else {
+                clevis::plan(entry.id, &entry.json)
+            };
+            match planned {
+                Err(e) => t["error"] = json!(e.to_string()),
+                Ok(plan) => describe_foreign(&mut t, &plan, &mut tpm, &mut tpm_error),
             }
         }
         tokens.push(t);
@@ -87,6 +99,32 @@ fn describe(
             }
             t["pcr_check"] = json!(checks);
             t["pcrs_differ"] = json!(differ);
+        }
+    }
+}
+
+/// Foreign tokens record no PCR values, only the policy: compare it with the one the
+/// current values give (systemd literal and clevis policies are PolicyPCR [+ AuthValue]).
+fn describe_foreign(
+    t: &mut Value,
+    plan: &ForeignPlan,
+    tpm: &mut LazyTpm,
+    tpm_error: &mut Option<String>,
+) {
+    t["bank"] = json!(plan.bank.name());
+    t["pcrs"] = json!(plan.pcrs);
+    t["fence_pcr"] = Value::Null;
+    t["pin"] = json!(plan.pin.is_some());
+    match tpm
+        .get()
+        .and_then(|ctx| pcr::read(ctx, plan.bank, &plan.pcrs))
+    {
+        Err(e) => *tpm_error = Some(e.to_string()),
+        Ok(values) => {
+            let pcrs: Vec<(u32, Vec<u8>)> = values.into_iter().collect();
+            let now = foreign_policy(plan.session_hash, plan.bank, &pcrs, plan.pin.is_some());
+            let matches = plan.expected_policy.as_deref() == Some(now.as_slice());
+            t["policy_matches"] = json!(matches);
         }
     }
 }
@@ -152,6 +190,19 @@ pub fn render_text(s: &Value) -> String {
                 match (ok, fence) {
                     (false, true) => " (fence extended: already unlocked since the last TPM reset)",
                     _ => "",
+                }
+            );
+        }
+        if let Some(m) = get(t, "policy_matches").as_bool() {
+            out += &format!(
+                "  would unseal now: {}\n",
+                if m {
+                    "yes".to_string()
+                } else {
+                    format!(
+                        "no, the PCR policy does not match the current {} values",
+                        get(t, "bank").as_str().unwrap_or("?")
+                    )
                 }
             );
         }

@@ -12,9 +12,11 @@ use crate::luks::{LuksError, Volume};
 use crate::pin;
 use crate::secret::Secret;
 use crate::token::{SealrootToken, TOKEN_TYPE, token_type};
+use crate::tokens::{ForeignPlan, ParentSpec, clevis, systemd};
 use crate::tpm::TpmError;
-use crate::tpm::esys::{Esys, Unseal};
+use crate::tpm::esys::{Esys, Parent, Unseal};
 use crate::tpm::fence::{self, DEFAULT_FENCE_PCR};
+use crate::tpm::pcr::PcrBank;
 
 /// PIN attempts on a terminal before giving up on a token.
 const PIN_TRIES: usize = 3;
@@ -128,9 +130,19 @@ fn unlock_volume(
         .iter()
         .filter(|t| token_type(&t.json) == TOKEN_TYPE)
         .collect();
-    if ours.is_empty() {
+    // Then, in token order, what systemd-cryptenroll and clevis enrolled.
+    let foreign: Vec<_> = entries
+        .iter()
+        .filter(|t| {
+            matches!(
+                token_type(&t.json),
+                systemd::TOKEN_TYPE | clevis::TOKEN_TYPE
+            )
+        })
+        .collect();
+    if ours.is_empty() && foreign.is_empty() {
         return Err(fail(Error::NoUsableToken(format!(
-            "no sealroot token on {}; enroll one with `sealroot enroll`, or use `sealroot recover`",
+            "no sealroot, systemd-tpm2 or clevis token on {}; enroll one with `sealroot enroll`, or use `sealroot recover`",
             device.display()
         ))));
     }
@@ -154,6 +166,24 @@ fn unlock_volume(
             Ok(vk) => return Ok((uuid, vk)),
             Err(e) => {
                 log::info!("{}: {e}", device.display());
+                if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
+                    best = Some(e);
+                }
+            }
+        }
+    }
+    for entry in foreign {
+        let planned = match token_type(&entry.json) {
+            systemd::TOKEN_TYPE => systemd::plan(entry.id, &entry.json),
+            _ => clevis::plan(entry.id, &entry.json),
+        };
+        let attempt = planned
+            .map_err(|e| Error::NoUsableToken(e.to_string()))
+            .and_then(|plan| unlock_with_plan(a, &mut vol, &plan, name, test));
+        match attempt {
+            Ok(vk) => return Ok((uuid, vk)),
+            Err(e) => {
+                console::progress(&format!("{}: {e}", device.display()));
                 if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
                     best = Some(e);
                 }
@@ -249,12 +279,16 @@ fn unseal_token(
         auth: Option<&'r Secret>,
     ) -> Unseal<'r> {
         Unseal {
-            parent_handle: token.srk_handle,
-            parent_public: &token.srk_public,
+            parent: Parent::Recorded {
+                handle: token.srk_handle,
+                public: &token.srk_public,
+            },
             object: &token.sealed,
+            session_hash: PcrBank::Sha256,
             bank: token.bank,
             pcrs,
-            expected_pcr_digest: token.expected_pcr_digest(),
+            expected_pcr_digest: Some(token.expected_pcr_digest().to_vec()),
+            expected_policy: None,
             auth,
         }
     }
@@ -303,5 +337,96 @@ fn read_pin(
         (None, Some(prog)) => input::read_askpass(prog, &prompt),
         (None, None) if input::terminal_available() => input::read_terminal(&prompt),
         (None, None) => Err(Error::Tpm(TpmError::PinNeeded)),
+    }
+}
+
+/// A systemd-tpm2 or clevis token: unseal as the plan says, turn the bytes into the
+/// passphrase the way that tool does, open the keyslot.
+fn unlock_with_plan(
+    a: &mut Attempt<'_>,
+    vol: &mut Volume,
+    plan: &ForeignPlan,
+    name: &str,
+    test: bool,
+) -> Result<Secret> {
+    let label = |e: TpmError| -> Error {
+        let e = match e {
+            TpmError::PolicyMismatch { .. } => TpmError::PolicyMismatch {
+                detail: format!(
+                    "the {} PCRs {:?} differ from enrollment; use `sealroot recover`",
+                    plan.bank, plan.pcrs
+                ),
+            },
+            other => other,
+        };
+        Error::NoUsableToken(format!("{} token {}: {e}", plan.kind, plan.id)).with_code_of(e)
+    };
+    let secret = if plan.pin.is_none() {
+        a.tpm
+            .get()?
+            .unseal(&plan_request(plan, None))
+            .map_err(label)?
+    } else {
+        let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
+            1
+        } else {
+            PIN_TRIES
+        };
+        let mut result = Err(Error::Tpm(TpmError::WrongPin));
+        for attempt in 0..tries {
+            let pin = match a.pin_cache.take() {
+                Some(p) => p,
+                None => read_pin(a.pin_file, a.askpass, vol, name)?,
+            };
+            let auth = plan.auth_value(&pin);
+            match a.tpm.get()?.unseal(&plan_request(plan, auth.as_ref())) {
+                Ok(s) => {
+                    *a.pin_cache = Some(pin);
+                    result = Ok(s);
+                    break;
+                }
+                Err(TpmError::WrongPin) => {
+                    if attempt + 1 < tries {
+                        console::error("wrong PIN, try again");
+                    }
+                    result = Err(Error::Tpm(TpmError::WrongPin));
+                }
+                Err(e) => return Err(label(e)),
+            }
+        }
+        result?
+    };
+    let passphrase = plan
+        .passphrase(&secret)
+        .map_err(|e| Error::NoUsableToken(e.to_string()))?;
+    drop(secret);
+    let (_, volume_key) = vol
+        .volume_key(Some(plan.keyslot), passphrase.expose())
+        .map_err(|e| match e {
+            LuksError::WrongPassphrase { .. } => Error::NoUsableToken(format!(
+                "{} token {}: the recovered passphrase does not open keyslot {}",
+                plan.kind, plan.id, plan.keyslot
+            )),
+            other => other.into(),
+        })?;
+    if !test {
+        vol.activate(name, &volume_key)?;
+    }
+    Ok(volume_key)
+}
+
+fn plan_request<'r>(plan: &'r ForeignPlan, auth: Option<&'r Secret>) -> Unseal<'r> {
+    Unseal {
+        parent: match &plan.parent {
+            ParentSpec::Serialized(b) => Parent::Serialized(b),
+            ParentSpec::Primary(t) => Parent::Primary(t),
+        },
+        object: &plan.sealed,
+        session_hash: plan.session_hash,
+        bank: plan.bank,
+        pcrs: &plan.pcrs,
+        expected_pcr_digest: None,
+        expected_policy: plan.expected_policy.as_deref(),
+        auth,
     }
 }

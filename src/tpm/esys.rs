@@ -13,14 +13,15 @@ use std::ptr;
 
 use sha2::{Digest as _, Sha256};
 use tss_esapi::tss2_esys::{
-    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, Esys_Finalize, Esys_FlushContext,
-    Esys_Free, Esys_Initialize, Esys_Load, Esys_PCR_Event, Esys_PCR_Read, Esys_PolicyAuthValue,
-    Esys_PolicyPCR, Esys_StartAuthSession, Esys_TR_Close, Esys_TR_Deserialize, Esys_TR_SetAuth,
-    Esys_TRSess_SetAttributes, Esys_Unseal, TPM2B_AUTH, TPM2B_DIGEST, TPM2B_EVENT, TPM2B_PRIVATE,
-    TPM2B_PUBLIC, TPML_DIGEST, TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMS_PCR_SELECTION,
-    TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC, TSS2_TCTI_CONTEXT,
-    Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal, Tss2_TctiLdr_Finalize,
-    Tss2_TctiLdr_Initialize,
+    ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, ESYS_TR_RH_OWNER, Esys_CreatePrimary,
+    Esys_Finalize, Esys_FlushContext, Esys_Free, Esys_Initialize, Esys_Load, Esys_PCR_Event,
+    Esys_PCR_Read, Esys_PolicyAuthValue, Esys_PolicyGetDigest, Esys_PolicyPCR,
+    Esys_StartAuthSession, Esys_TR_Close, Esys_TR_Deserialize, Esys_TR_SetAuth,
+    Esys_TRSess_SetAttributes, Esys_Unseal, TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_EVENT,
+    TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_DIGEST, TPML_DIGEST_VALUES,
+    TPML_PCR_SELECTION, TPMS_PCR_SELECTION, TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE,
+    TSS2_RC, TSS2_TCTI_CONTEXT, Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal,
+    Tss2_MU_TPMT_PUBLIC_Unmarshal, Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
 };
 use zeroize::Zeroize;
 
@@ -32,7 +33,6 @@ use crate::secret::Secret;
 const TPM2_SE_POLICY: u8 = 0x01;
 const TPM2_ALG_AES: u16 = 0x0006;
 const TPM2_ALG_CFB: u16 = 0x0043;
-const TPM2_ALG_SHA256: u16 = 0x000B;
 const TPMA_SESSION_CONTINUESESSION: u8 = 0x01;
 const TPMA_SESSION_ENCRYPT: u8 = 0x40;
 const IESYSC_KEY_RSRC: u32 = 1;
@@ -120,10 +120,72 @@ impl Esys {
     /// parent whose response is encrypted, PolicyPCR against the expected digest (and
     /// PolicyAuthValue with a PIN), Unseal.
     pub fn unseal(&mut self, req: &Unseal<'_>) -> Result<Secret, TpmError> {
-        let mut parent = self.parent(req.parent_handle, req.parent_public)?;
+        let (mut parent, transient) = match req.parent {
+            Parent::Recorded { handle, public } => (self.parent(handle, public)?, false),
+            Parent::Serialized(bytes) => (self.deserialize(bytes)?, false),
+            Parent::Primary(template) => (self.create_primary(template)?, true),
+        };
         let result = self.load_and_unseal(parent, req);
-        self.close(&mut parent);
+        if transient {
+            self.flush(parent);
+        } else {
+            self.close(&mut parent);
+        }
         result
+    }
+
+    fn deserialize(&mut self, bytes: &[u8]) -> Result<ESYS_TR, TpmError> {
+        let mut tr: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: bytes outlives the call; tr receives a handle owned by this context.
+        let rc =
+            unsafe { Esys_TR_Deserialize(self.ctx, bytes.as_ptr(), bytes.len() as u64, &mut tr) };
+        check("TR_Deserialize", rc).map_err(|e| TpmError::Rejected {
+            detail: format!("the recorded parent key cannot be read (0x{:x})", e.1),
+        })?;
+        Ok(tr)
+    }
+
+    /// CreatePrimary under the owner hierarchy (empty owner password) from a TPMT_PUBLIC.
+    fn create_primary(&mut self, template: &[u8]) -> Result<ESYS_TR, TpmError> {
+        let public_area = unmarshal(template, Tss2_MU_TPMT_PUBLIC_Unmarshal, "TPMT_PUBLIC")?;
+        // SAFETY: plain data; all zeros is valid (empty sensitive, outside info, PCRs).
+        let (in_public, sensitive, outside, pcrs) = unsafe {
+            let mut p: TPM2B_PUBLIC = std::mem::zeroed();
+            p.publicArea = public_area;
+            (
+                p,
+                std::mem::zeroed::<TPM2B_SENSITIVE_CREATE>(),
+                std::mem::zeroed::<TPM2B_DATA>(),
+                std::mem::zeroed::<TPML_PCR_SELECTION>(),
+            )
+        };
+        let mut handle: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: pointers to live locals; the optional outputs are not requested.
+        let rc = unsafe {
+            Esys_CreatePrimary(
+                self.ctx,
+                ESYS_TR_RH_OWNER,
+                ESYS_TR_PASSWORD,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &sensitive,
+                &in_public,
+                &outside,
+                &pcrs,
+                &mut handle,
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        check("CreatePrimary", rc).map_err(|e| match classify(e.1) {
+            RcKind::AuthFail => TpmError::Invalid(
+                "CreatePrimary refused: the owner hierarchy has a password".into(),
+            ),
+            _ => generic(e),
+        })?;
+        Ok(handle)
     }
 
     fn load_and_unseal(&mut self, parent: ESYS_TR, req: &Unseal<'_>) -> Result<Secret, TpmError> {
@@ -223,7 +285,7 @@ impl Esys {
                 ptr::null(),
                 TPM2_SE_POLICY,
                 &symmetric,
-                TPM2_ALG_SHA256,
+                req.session_hash.alg_id(),
                 &mut session,
             )
         };
@@ -262,7 +324,7 @@ impl Esys {
 
     fn run_policy(&mut self, session: ESYS_TR, req: &Unseal<'_>) -> Result<(), TpmError> {
         if !req.pcrs.is_empty() {
-            let digest = tpm2b_digest(&req.expected_pcr_digest)?;
+            let digest = tpm2b_digest(req.expected_pcr_digest.as_deref().unwrap_or(&[]))?;
             let selection = pcr_selection(req.bank, req.pcrs);
             // SAFETY: pointers to live locals.
             let rc = unsafe {
@@ -291,6 +353,33 @@ impl Esys {
                 Esys_PolicyAuthValue(self.ctx, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE)
             };
             check("PolicyAuthValue", rc).map_err(generic)?;
+        }
+        if let Some(expected) = req.expected_policy {
+            let mut digest: *mut TPM2B_DIGEST = ptr::null_mut();
+            // SAFETY: digest receives an ESAPI allocation, freed below.
+            let rc = unsafe {
+                Esys_PolicyGetDigest(
+                    self.ctx,
+                    session,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    &mut digest,
+                )
+            };
+            check("PolicyGetDigest", rc).map_err(generic)?;
+            // SAFETY: valid on success, freed right after reading.
+            let matches = unsafe {
+                let d = &*digest;
+                let same = d.buffer[..usize::from(d.size).min(64)] == *expected;
+                Esys_Free(digest.cast());
+                same
+            };
+            if !matches {
+                return Err(TpmError::PolicyMismatch {
+                    detail: String::new(),
+                });
+            }
         }
         Ok(())
     }
@@ -442,14 +531,30 @@ impl Drop for Esys {
 
 /// What unsealing one token needs.
 pub struct Unseal<'a> {
-    pub parent_handle: u32,
-    /// TPM2B_PUBLIC of the parent, as recorded at enrollment.
-    pub parent_public: &'a [u8],
+    pub parent: Parent<'a>,
     pub object: &'a SealedObject,
+    /// Hash of the policy session (the sealed object's name algorithm for clevis' sha1).
+    pub session_hash: PcrBank,
     pub bank: PcrBank,
     pub pcrs: &'a [u32],
-    pub expected_pcr_digest: [u8; 32],
+    /// Digest of the expected PCR values, checked by the TPM at PolicyPCR; None lets the
+    /// TPM take the current values (foreign tokens record no values).
+    pub expected_pcr_digest: Option<Vec<u8>>,
+    /// The policy digest the object expects, compared (PolicyGetDigest) before Unseal so a
+    /// mismatch never reaches the dictionary-attack counter.
+    pub expected_policy: Option<&'a [u8]>,
     pub auth: Option<&'a Secret>,
+}
+
+/// Where the sealed object's parent comes from.
+pub enum Parent<'a> {
+    /// sealroot tokens: the handle and TPM2B_PUBLIC recorded at enrollment.
+    Recorded { handle: u32, public: &'a [u8] },
+    /// A serialized ESYS_TR (systemd's `tpm2_srk`).
+    Serialized(&'a [u8]),
+    /// A primary key re-created under the owner hierarchy from a TPMT_PUBLIC template
+    /// (systemd's legacy tokens, clevis).
+    Primary(&'a [u8]),
 }
 
 /// The ESAPI serialization of a key's ESYS_TR (IESYS_RESOURCE): `u32 handle ‖ TPM2B_NAME ‖

@@ -56,6 +56,34 @@ pub fn policy_pcr(d: &PolicyDigest, bank: PcrBank, pcrs: &[(u32, Vec<u8>)]) -> P
     h.finalize().into()
 }
 
+/// The policy a foreign token's object carries, when it is PolicyPCR over the current
+/// values (plus PolicyAuthValue), in a session of hash `session` (clevis may use sha1).
+pub fn foreign_policy(
+    session: PcrBank,
+    bank: PcrBank,
+    pcrs: &[(u32, Vec<u8>)],
+    pin: bool,
+) -> Vec<u8> {
+    let mut d = vec![0u8; session.digest_len()];
+    if !pcrs.is_empty() {
+        let indexes: Vec<u32> = pcrs.iter().map(|(i, _)| *i).collect();
+        let mut sorted: Vec<&(u32, Vec<u8>)> = pcrs.iter().collect();
+        sorted.sort_by_key(|(i, _)| *i);
+        let values: Vec<u8> = sorted.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let mut buf = d.clone();
+        buf.extend_from_slice(&TPM_CC_POLICY_PCR.to_be_bytes());
+        buf.extend_from_slice(&pcr_selection_bytes(bank, &indexes));
+        buf.extend_from_slice(&session.hash(&values));
+        d = session.hash(&buf);
+    }
+    if pin {
+        let mut buf = d.clone();
+        buf.extend_from_slice(&TPM_CC_POLICY_AUTH_VALUE.to_be_bytes());
+        d = session.hash(&buf);
+    }
+    d
+}
+
 /// `d' = H(d ‖ TPM_CC_PolicyAuthValue)`.
 pub fn policy_auth_value(d: &PolicyDigest) -> PolicyDigest {
     let mut h = Sha256::new();
@@ -116,6 +144,20 @@ mod tests {
         assert_eq!(
             spec.digest().to_vec(),
             hex("e5949c41eafd0f94041c6b8995be624e914083d886e28a9b3f7a0838f80f0adf")
+        );
+    }
+
+    #[test]
+    fn foreign_policy_matches_the_vectors() {
+        let pcrs = [(7, hex("ce84b09003dfa89b8e8bc7d9e4812047ec5c4682"))];
+        assert_eq!(
+            foreign_policy(PcrBank::Sha256, PcrBank::Sha1, &pcrs, false),
+            hex("e5949c41eafd0f94041c6b8995be624e914083d886e28a9b3f7a0838f80f0adf")
+        );
+        let zeros = [(0, vec![0u8; 32]), (7, vec![0u8; 32])];
+        assert_eq!(
+            foreign_policy(PcrBank::Sha256, PcrBank::Sha256, &zeros, true),
+            hex("a459f3351d48706d42b6a920938f56e28b7356602a02784cf0f37b6f5aeb068c")
         );
     }
 

@@ -1,0 +1,223 @@
+//! `clevis` tokens with the tpm2 pin (clevis luks bind … tpm2): shared/reference/
+//! tokens-clevis.md. The JWE's protected header carries the TPM2B_PUBLIC/PRIVATE of an
+//! object sealed under a transient primary; the unsealed JWK decrypts the JWE (dir +
+//! A256GCM), whose plaintext is the keyslot passphrase. `sss` with a threshold of 1 and a
+//! tpm2 pin inside, tang and others: refused with a message (next token).
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
+use serde_json::Value;
+use zeroize::Zeroize;
+
+use super::{Finish, ForeignError, ForeignPlan, ParentSpec, primary_template};
+use crate::secret::Secret;
+use crate::tpm::pcr::{PcrBank, parse_pcr_list};
+use crate::tpm::seal::SealedObject;
+
+pub const TOKEN_TYPE: &str = "clevis";
+
+/// A flattened JWE as clevis stores it; `protected` kept exactly as stored (it is the AAD).
+pub struct Jwe {
+    protected: String,
+    iv: Vec<u8>,
+    ciphertext: Vec<u8>,
+    tag: Vec<u8>,
+}
+
+impl Jwe {
+    /// Decrypts with the key of the unsealed JWK (`{"kty":"oct","k":…}`).
+    pub fn decrypt(&self, jwk: &Secret) -> Result<Secret, String> {
+        let parsed: Value = serde_json::from_slice(jwk.expose())
+            .map_err(|_| "the unsealed JWK is not JSON".to_string())?;
+        if parsed.get("kty").and_then(Value::as_str) != Some("oct") {
+            return Err("the unsealed JWK is not a symmetric key".into());
+        }
+        let mut k = B64URL
+            .decode(parsed.get("k").and_then(Value::as_str).unwrap_or_default())
+            .map_err(|_| "the unsealed JWK's key is not base64url".to_string())?;
+        if k.len() != 32 || self.iv.len() != 12 || self.tag.len() != 16 {
+            k.zeroize();
+            return Err("unexpected key, IV or tag size for A256GCM".into());
+        }
+        let cipher = Aes256Gcm::new_from_slice(&k).map_err(|e| e.to_string());
+        k.zeroize();
+        let mut sealed = self.ciphertext.clone();
+        sealed.extend_from_slice(&self.tag);
+        let plain = cipher?
+            .decrypt(
+                Nonce::from_slice(&self.iv),
+                Payload {
+                    msg: &sealed,
+                    aad: self.protected.as_bytes(),
+                },
+            )
+            .map_err(|_| "the JWE does not decrypt with the unsealed key".to_string())?;
+        let out = Secret::from_slice(&plain);
+        let mut plain = plain;
+        plain.zeroize();
+        Ok(out)
+    }
+}
+
+pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
+    let bad = |reason: String| ForeignError {
+        kind: TOKEN_TYPE,
+        id,
+        reason,
+    };
+    let keyslot = match json
+        .get("keyslots")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+    {
+        Some([k]) => k
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad("keyslots is not a list of one number".into()))?,
+        _ => return Err(bad("expected exactly one keyslot".into())),
+    };
+    let jwe = json.get("jwe").ok_or_else(|| bad("no jwe".into()))?;
+    let member = |name: &str| -> Result<&str, ForeignError> {
+        jwe.get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad(format!("jwe.{name} is missing")))
+    };
+    let b64 = |name: &str| -> Result<Vec<u8>, ForeignError> {
+        B64URL
+            .decode(member(name)?)
+            .map_err(|_| bad(format!("jwe.{name} is not base64url")))
+    };
+    let protected = member("protected")?.to_string();
+    let header: Value = B64URL
+        .decode(&protected)
+        .ok()
+        .and_then(|h| serde_json::from_slice(&h).ok())
+        .ok_or_else(|| bad("the protected header is not base64url JSON".into()))?;
+    if header.get("alg").and_then(Value::as_str) != Some("dir")
+        || header.get("enc").and_then(Value::as_str) != Some("A256GCM")
+        || header.get("crit").is_some()
+        || header.get("zip").is_some()
+    {
+        return Err(bad("only dir + A256GCM JWEs are supported".into()));
+    }
+    let clevis = header
+        .get("clevis")
+        .ok_or_else(|| bad("no clevis header".into()))?;
+    match clevis.get("pin").and_then(Value::as_str) {
+        Some("tpm2") => {}
+        Some("tang") => return Err(bad("the tang pin needs the network; not supported".into())),
+        Some(other) => return Err(bad(format!("the '{other}' pin is not supported yet"))),
+        None => return Err(bad("no clevis pin".into())),
+    }
+    let tpm2 = clevis
+        .get("tpm2")
+        .ok_or_else(|| bad("no tpm2 settings".into()))?;
+    let text = |name: &str| tpm2.get(name).and_then(Value::as_str);
+    let hash: PcrBank = text("hash").unwrap_or("sha256").parse().map_err(bad)?;
+    let rsa = match text("key").unwrap_or("ecc") {
+        "ecc" => false,
+        "rsa" => true,
+        other => return Err(bad(format!("unknown key type '{other}'"))),
+    };
+    let pcrs = match tpm2.get("pcr_ids") {
+        None => Vec::new(),
+        Some(Value::String(s)) => parse_pcr_list(s).map_err(bad)?,
+        Some(Value::Array(a)) => {
+            let joined: Vec<String> = a
+                .iter()
+                .map(|v| {
+                    v.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| v.to_string())
+                })
+                .collect();
+            parse_pcr_list(&joined.join(",")).map_err(bad)?
+        }
+        Some(_) => return Err(bad("pcr_ids is neither a string nor a list".into())),
+    };
+    if pcrs.is_empty() {
+        return Err(bad(
+            "tokens without PCRs (password sessions) are not supported yet".into(),
+        ));
+    }
+    // clevis 19 writes sha1 when pcr_ids is given without a bank.
+    let bank: PcrBank = text("pcr_bank").unwrap_or("sha1").parse().map_err(bad)?;
+    let decode = |name: &str| -> Result<Vec<u8>, ForeignError> {
+        B64URL
+            .decode(text(name).ok_or_else(|| bad(format!("{name} is missing")))?)
+            .map_err(|_| bad(format!("{name} is not base64url")))
+    };
+    let mut blob = decode("jwk_priv")?;
+    blob.extend_from_slice(&decode("jwk_pub")?);
+    let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
+    let policy = sealed.auth_policy().map_err(|e| bad(e.to_string()))?;
+    Ok(ForeignPlan {
+        kind: TOKEN_TYPE,
+        id,
+        keyslot,
+        sealed,
+        parent: ParentSpec::Primary(primary_template(rsa, hash.alg_id())),
+        session_hash: hash,
+        bank,
+        pcrs,
+        expected_policy: Some(policy),
+        pin: None,
+        finish: Finish::Jwe(Jwe {
+            protected,
+            iv: b64("iv")?,
+            ciphertext: b64("ciphertext")?,
+            tag: b64("tag")?,
+        }),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // tokens-clevis.md §11.1 (clevis 19, swtpm).
+    const TOKEN: &str = r#"{"type":"clevis","keyslots":["1"],"jwe":{"ciphertext":"dh6Wv7hyiKdBXx097oag15lSFJ_-VQ85kuJ9OV5fKhEVUD1nkAAvNpjXeBRP_MH2jgDnfJcx","encrypted_key":"","iv":"1MiQPoqAgj-queAr","protected":"eyJhbGciOiJkaXIiLCJjbGV2aXMiOnsicGluIjoidHBtMiIsInRwbTIiOnsiaGFzaCI6InNoYTI1NiIsImp3a19wcml2IjoiQU80QUlBMzMxYThjSS1iSGtyV2JFZ19jcWhvYmJZV3Y1b2x3eFE2MTVMS0laLU1iQUJDMGljOWt5WHlMZVgzTlJJcWZCRkUtV2twbGRaeVY0aVVuVGlpV1hXSzl2cnlreW5JanFtb0pOTzNxS21lUW5CNE9JMkR6ekZNQ3hSSi1iNGVsbE9mSHhHSU5uWE5XNVFOQ0lGR0JHYU1TaURwOFN1LTZfbV9WV0kwS1loVDdEcjdtUlA2UDRvalJSTW16TE5vN1RHZnVMTWpiUXpITkIwMkhPVS0zN3dDc2lSX0hfYWJlRkRxUkxvX0RqXzQ1OGRuTzRkWWljSWpMdVdJdjIzVkY4cmJqeGFTWEp6LVZJNGs0SmNlSFFBSjRYV3VzQnYzb3hDMmFsSEQ1d1U2YlZKc1dVSlVDX3N5ZEFNSkIiLCJqd2tfcHViIjoiQUU0QUNBQUxBQUFFa2dBZzVaU2NRZXI5RDVRRUhHdUpsYjVpVHBGQWc5aUc0b3FiUDNvSU9QZ1BDdDhBRUFBZ09NQ3poUUVmQTczb0czdUhlY1RKOVVkZWFJOERGVVk1dkdBcy1yMnFGRFkiLCJrZXkiOiJlY2MiLCJwY3JfYmFuayI6InNoYTEiLCJwY3JfaWRzIjoiNyJ9fSwiZW5jIjoiQTI1NkdDTSJ9","tag":"qKpFNgdd61ry9reZD1a7dQ"}}"#;
+    const JWK: &str = r#"{"alg":"A256GCM","k":"um7NVnFkzNM7RAsc8McKO1bHGy8PZrA8lUxmDn2lA0s","key_ops":["encrypt","decrypt"],"kty":"oct"}"#;
+
+    #[test]
+    fn parses_and_decrypts_the_vector() {
+        let v: Value = serde_json::from_str(TOKEN).unwrap();
+        let p = plan(0, &v).unwrap();
+        assert_eq!(p.bank, PcrBank::Sha1);
+        assert_eq!(p.pcrs, vec![7]);
+        assert_eq!(
+            hex::encode(p.expected_policy.as_ref().unwrap()),
+            "e5949c41eafd0f94041c6b8995be624e914083d886e28a9b3f7a0838f80f0adf"
+        );
+        let pass = p.passphrase(&Secret::from_slice(JWK.as_bytes())).unwrap();
+        assert_eq!(
+            pass.expose(),
+            b"ycERYKQUS[3HVod83z&0Gyg[0B=ib4S4KymiL-Ep@G!am0GsoDYm4k"
+        );
+        // A flipped tag bit: refused, not garbage.
+        let mut bad = v.clone();
+        bad["jwe"]["tag"] = Value::from("qKpFNgdd61ry9reZD1a7dA");
+        let p = plan(0, &bad).unwrap();
+        assert!(p.passphrase(&Secret::from_slice(JWK.as_bytes())).is_err());
+    }
+
+    #[test]
+    fn corruptions_are_errors_not_panics() {
+        let v: Value = serde_json::from_str(TOKEN).unwrap();
+        for key in ["ciphertext", "iv", "protected", "tag"] {
+            let s = v["jwe"][key].as_str().unwrap().to_string();
+            for cut in (0..s.len()).step_by(7) {
+                let mut t = v.clone();
+                t["jwe"][key] = Value::from(&s[..cut]);
+                if let Ok(p) = plan(0, &t) {
+                    assert!(p.passphrase(&Secret::from_slice(JWK.as_bytes())).is_err());
+                }
+            }
+        }
+        let mut t = v.clone();
+        t.as_object_mut().unwrap().remove("jwe");
+        assert!(plan(0, &t).is_err());
+    }
+}

@@ -1,0 +1,164 @@
+//! Volumes enrolled by the real tools from Debian 12 — systemd-cryptenroll 252 and clevis
+//! 19 — against this test's swtpm, unlocked by sealroot as they are.
+
+mod common;
+
+use std::process::Command;
+
+use common::{Fixture, export_token, replace_token};
+
+/// Raw swtpm has no resource manager and these tools leave transient objects behind.
+fn flush(f: &Fixture) {
+    for what in ["-t", "-l", "-s"] {
+        let _ = Command::new("tpm2_flushcontext")
+            .arg(what)
+            .args(["-T", &f.tpm.tcti()])
+            .output();
+    }
+}
+
+fn systemd_enroll(f: &Fixture, extra: &[&str], pin: Option<&str>) {
+    let mut cmd = Command::new("systemd-cryptenroll");
+    cmd.arg(format!("--tpm2-device={}", f.tpm.tcti()))
+        .args(extra)
+        .arg(&f.image)
+        .env("PASSWORD", common::PASSPHRASE)
+        .stdin(std::process::Stdio::null());
+    if let Some(p) = pin {
+        cmd.env("NEWPIN", p).arg("--tpm2-with-pin=yes");
+    }
+    let out = cmd.output().expect("systemd-cryptenroll (package systemd)");
+    assert!(
+        out.status.success(),
+        "systemd-cryptenroll: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    flush(f);
+}
+
+fn clevis_bind(f: &Fixture, config: &str) {
+    let out = Command::new("clevis")
+        .args(["luks", "bind", "-y", "-k"])
+        .arg(&f.passfile)
+        .arg("-d")
+        .arg(&f.image)
+        .args(["tpm2", config])
+        .env("TPM2TOOLS_TCTI", f.tpm.tcti())
+        .output()
+        .expect("clevis (packages clevis clevis-luks clevis-tpm2)");
+    assert!(
+        out.status.success(),
+        "clevis: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    flush(f);
+}
+
+fn status_says(f: &Fixture, want: &str) {
+    let s = f.run(&["status", f.image.to_str().unwrap()]);
+    assert_eq!(s.code, 0, "{}", s.stderr);
+    assert!(s.stdout.contains(want), "status: {}", s.stdout);
+}
+
+/// Unlocks, then fails with the policy-mismatch code once `pcr` changes; `status` agrees.
+fn unlocks_then_mismatch(f: &Fixture, pcr: u32, extra: &[&str]) {
+    let mut args = vec!["--no-fence"];
+    args.extend_from_slice(extra);
+    status_says(f, "would unseal now: yes");
+    let r = f.unlock_test(&args);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    f.tpm.extend(pcr, b"changed");
+    status_says(f, "would unseal now: no");
+    let r = f.unlock_test(&args);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("PCR"), "{}", r.stderr);
+}
+
+#[test]
+fn systemd_pcr_only_ecc() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], None);
+    assert_eq!(export_token(&f.image, 0)["type"], "systemd-tpm2");
+    unlocks_then_mismatch(&f, 7, &[]);
+}
+
+#[test]
+fn systemd_pin() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], Some("4711"));
+    let pin = f.write("pin", b"4711\n");
+    let wrong = f.write("wrong", b"1234\n");
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = f.unlock_test(&["--no-fence", "--pin-file", wrong.to_str().unwrap()]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+}
+
+#[test]
+fn systemd_two_tokens_on_one_volume() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], None);
+    systemd_enroll(&f, &["--tpm2-pcrs=8"], None);
+    f.tpm.extend(7, b"changed");
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 0, "the second token must be tried: {}", r.stderr);
+    f.tpm.extend(8, b"changed");
+    assert_eq!(f.unlock_test(&["--no-fence"]).code, 5);
+}
+
+#[test]
+fn clevis_sha256_bank_ecc() {
+    let f = Fixture::new();
+    clevis_bind(&f, r#"{"pcr_ids":"7","pcr_bank":"sha256"}"#);
+    unlocks_then_mismatch(&f, 7, &[]);
+}
+
+#[test]
+fn clevis_sha1_bank_ecc() {
+    let f = Fixture::new();
+    clevis_bind(&f, r#"{"pcr_ids":"7","pcr_bank":"sha1"}"#);
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Extend in the sha1 bank too: clevis' policy reads that one.
+    let mut ctx = f.tpm.context();
+    sealroot::tpm::pcr::extend_event(
+        &mut ctx,
+        7,
+        &[
+            sealroot::tpm::pcr::PcrBank::Sha1,
+            sealroot::tpm::pcr::PcrBank::Sha256,
+        ],
+        b"changed",
+    )
+    .unwrap();
+    drop(ctx);
+    assert_eq!(f.unlock_test(&["--no-fence"]).code, 5);
+}
+
+#[test]
+fn clevis_rsa_primary() {
+    let f = Fixture::new();
+    clevis_bind(&f, r#"{"pcr_ids":"7","pcr_bank":"sha256","key":"rsa"}"#);
+    unlocks_then_mismatch(&f, 7, &[]);
+}
+
+#[test]
+fn corrupted_foreign_tokens_are_clear_errors() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], None);
+    clevis_bind(&f, r#"{"pcr_ids":"7","pcr_bank":"sha256"}"#);
+    let before = f.image_hash();
+    let mut sd = export_token(&f.image, 0);
+    let blob = sd["tpm2-blob"].as_str().unwrap().to_string();
+    sd["tpm2-blob"] = serde_json::Value::from(&blob[..blob.len() / 2]);
+    replace_token(&f.image, 0, &sd);
+    let mut cl = export_token(&f.image, 1);
+    cl["jwe"]["protected"] = serde_json::Value::from("bm90IGpzb24");
+    replace_token(&f.image, 1, &cl);
+    let after_tamper = f.image_hash();
+    assert_ne!(before, after_tamper);
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(!r.stderr.contains("panicked"));
+    assert_eq!(f.image_hash(), after_tamper, "unlock must not write");
+}
