@@ -229,7 +229,12 @@ fn volume_without_token_is_exit_3() {
     let f = Fixture::new();
     let r = f.unlock_test(&[]);
     assert_eq!(r.code, 3, "{}", r.stderr);
-    assert!(r.stderr.contains("no sealroot token"), "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains("no sealroot, systemd-tpm2 or clevis token"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

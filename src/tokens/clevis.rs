@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::Value;
 use zeroize::Zeroize;
 
-use super::{Finish, ForeignError, ForeignPlan, ParentSpec, primary_template};
+use super::{Finish, ForeignError, ForeignPlan, ParentSpec, primary_template, single_keyslot};
 use crate::secret::Secret;
 use crate::tpm::pcr::{PcrBank, parse_pcr_list};
 use crate::tpm::seal::SealedObject;
@@ -67,17 +67,7 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
         id,
         reason,
     };
-    let keyslot = match json
-        .get("keyslots")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-    {
-        Some([k]) => k
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("keyslots is not a list of one number".into()))?,
-        _ => return Err(bad("expected exactly one keyslot".into())),
-    };
+    let keyslot = single_keyslot(json).ok_or_else(|| bad("expected exactly one keyslot".into()))?;
     let jwe = json.get("jwe").ok_or_else(|| bad("no jwe".into()))?;
     let member = |name: &str| -> Result<&str, ForeignError> {
         jwe.get(name)

@@ -81,6 +81,14 @@ impl ForeignPlan {
     }
 }
 
+/// The one keyslot a token claims (LUKS2 stores it as a decimal string).
+pub fn single_keyslot(json: &serde_json::Value) -> Option<u32> {
+    match json.get("keyslots")?.as_array()?.as_slice() {
+        [k] => k.as_str()?.parse().ok(),
+        _ => None,
+    }
+}
+
 /// The legacy primary templates (TPMT_PUBLIC) of systemd ≤ 253 and clevis: tpm2-tools'
 /// default `createprimary -G ecc|rsa`, bit-exact, with the given name algorithm.
 pub fn primary_template(rsa: bool, name_alg: u16) -> Vec<u8> {

@@ -7,7 +7,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 
-use super::{Finish, ForeignError, ForeignPlan, ParentSpec, PinDerivation, primary_template};
+use super::{
+    Finish, ForeignError, ForeignPlan, ParentSpec, PinDerivation, primary_template, single_keyslot,
+};
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::seal::SealedObject;
 
@@ -48,16 +50,7 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
             )));
         }
     }
-    let keyslot = match field("keyslots")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-    {
-        Some([k]) => k
-            .as_str()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("keyslots is not a list of one number".into()))?,
-        _ => return Err(bad("expected exactly one keyslot".into())),
-    };
+    let keyslot = single_keyslot(json).ok_or_else(|| bad("expected exactly one keyslot".into()))?;
     let blob_b64 = match field("tpm2-blob") {
         Some(Value::String(s)) => s.as_str(),
         Some(Value::Array(a)) if a.len() == 1 => a[0]
