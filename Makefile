@@ -65,7 +65,7 @@ demo-host: release
 	./scripts/deps.sh demo
 	./scripts/demo-host.sh
 
-bench: release
+bench: static
 	./scripts/deps.sh bench
 	./scripts/bench.sh
 

@@ -96,6 +96,31 @@ for i in $(seq "$RUNS"); do
         "tpm2-device=$SD_TCTI,headless=1" >/dev/null 2>&1 || true
     t_systemd+=($(( $(now_us) - s )))
 done
+echo "== the systemd-tpm2 token itself: sealroot vs systemd-cryptsetup (median of $RUNS)"
+# A second image with only a systemd-cryptenroll token, so sealroot has nothing else to try.
+truncate -s 32M "$WORK/systemd.img"
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --key-file "$WORK/pass" "$WORK/systemd.img"
+PASSWORD="$(cat "$WORK/pass")" systemd-cryptenroll --tpm2-device="$TCTI" --tpm2-pcrs=7 \
+    "$WORK/systemd.img" >/dev/null 2>&1
+flush_tpm
+"$SEALROOT" unlock "$WORK/systemd.img" bench --test --no-fence --tcti "$TCTI"
+flush_tpm
+declare -a t_sd_sealroot t_sd_systemd
+for i in $(seq "$RUNS"); do
+    s=$(now_us)
+    "$SEALROOT" unlock "$WORK/systemd.img" bench --test --no-fence --tcti "$TCTI"
+    t_sd_sealroot+=($(( $(now_us) - s )))
+    flush_tpm
+    s=$(now_us)
+    /lib/systemd/systemd-cryptsetup attach bench "$WORK/systemd.img" - \
+        "tpm2-device=$SD_TCTI,headless=1" >/dev/null 2>&1 || true
+    t_sd_systemd+=($(( $(now_us) - s )))
+    flush_tpm
+done
+sd_s=$(printf '%s\n' "${t_sd_sealroot[@]}" | median)
+sd_d=$(printf '%s\n' "${t_sd_systemd[@]}" | median)
+
 ms=$(printf '%s\n' "${t_sealroot[@]}" | median)
 mc=$(printf '%s\n' "${t_clevis[@]}" | median)
 md=$(printf '%s\n' "${t_systemd[@]}" | median)
@@ -104,5 +129,7 @@ printf '\n%-48s %10s %10s\n' "key recovery (median wall time)" "ms" "ratio"
 printf '%-48s %10.1f %10s\n' "sealroot unlock --test (incl. fence)" "$(echo "$ms/1000" | bc -l)" "1"
 printf '%-48s %10.1f %10.1f\n' "clevis luks pass | cryptsetup --test-passphrase" "$(echo "$mc/1000" | bc -l)" "$(echo "$mc/$ms" | bc -l)"
 printf '%-48s %10.1f %10.1f\n' "systemd-cryptsetup attach (stops at dm)" "$(echo "$md/1000" | bc -l)" "$(echo "$md/$ms" | bc -l)"
+printf '\n%-48s %10.1f %10s\n' "sealroot unlock --test, systemd-tpm2 token" "$(echo "$sd_s/1000" | bc -l)" "1"
+printf '%-48s %10.1f %10.1f\n' "systemd-cryptsetup attach, same token" "$(echo "$sd_d/1000" | bc -l)" "$(echo "$sd_d/$sd_s" | bc -l)"
 printf '\nsealroot / clevis = 1/%.1f (target 1/20); sealroot / systemd-cryptsetup = 1/%.1f (target 1/3); TPM commands per unlock: %d (target 6)\n' \
     "$(echo "$mc/$ms" | bc -l)" "$(echo "$md/$ms" | bc -l)" "$SEALROOT_CMDS"
