@@ -37,12 +37,16 @@ fn systemd_enroll(f: &Fixture, extra: &[&str], pin: Option<&str>) {
 }
 
 fn clevis_bind(f: &Fixture, config: &str) {
+    clevis_bind_pin(f, "tpm2", config)
+}
+
+fn clevis_bind_pin(f: &Fixture, pin: &str, config: &str) {
     let out = Command::new("clevis")
         .args(["luks", "bind", "-y", "-k"])
         .arg(&f.passfile)
         .arg("-d")
         .arg(&f.image)
-        .args(["tpm2", config])
+        .args([pin, config])
         .env("TPM2TOOLS_TCTI", f.tpm.tcti())
         .output()
         .expect("clevis (packages clevis clevis-luks clevis-tpm2)");
@@ -139,6 +143,17 @@ fn clevis_sha1_bank_ecc() {
 fn clevis_rsa_primary() {
     let f = Fixture::new();
     clevis_bind(&f, r#"{"pcr_ids":"7","pcr_bank":"sha256","key":"rsa"}"#);
+    unlocks_then_mismatch(&f, 7, &[]);
+}
+
+#[test]
+fn clevis_sss_threshold_one_around_tpm2() {
+    let f = Fixture::new();
+    clevis_bind_pin(
+        &f,
+        "sss",
+        r#"{"t":1,"pins":{"tpm2":{"pcr_ids":"7","pcr_bank":"sha256"}}}"#,
+    );
     unlocks_then_mismatch(&f, 7, &[]);
 }
 

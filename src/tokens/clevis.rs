@@ -27,6 +27,27 @@ pub struct Jwe {
 }
 
 impl Jwe {
+    /// A compact serialization `protected.encrypted_key.iv.ciphertext.tag` (dir: empty key).
+    fn from_compact(compact: &str) -> Option<Jwe> {
+        let parts: Vec<&str> = compact.split('.').collect();
+        let [protected, key, iv, ciphertext, tag] = parts.as_slice() else {
+            return None;
+        };
+        if !key.is_empty() {
+            return None;
+        }
+        Some(Jwe {
+            protected: protected.to_string(),
+            iv: B64URL.decode(iv).ok()?,
+            ciphertext: B64URL.decode(ciphertext).ok()?,
+            tag: B64URL.decode(tag).ok()?,
+        })
+    }
+
+    fn header(&self) -> Option<Value> {
+        serde_json::from_slice(&B64URL.decode(&self.protected).ok()?).ok()
+    }
+
     /// Decrypts with the key of the unsealed JWK (`{"kty":"oct","k":…}`).
     pub fn decrypt(&self, jwk: &Secret) -> Result<Secret, String> {
         let parsed: Value = serde_json::from_slice(jwk.expose())
@@ -34,15 +55,20 @@ impl Jwe {
         if parsed.get("kty").and_then(Value::as_str) != Some("oct") {
             return Err("the unsealed JWK is not a symmetric key".into());
         }
-        let mut k = B64URL
-            .decode(parsed.get("k").and_then(Value::as_str).unwrap_or_default())
-            .map_err(|_| "the unsealed JWK's key is not base64url".to_string())?;
+        let k = Secret::from_slice(
+            &B64URL
+                .decode(parsed.get("k").and_then(Value::as_str).unwrap_or_default())
+                .map_err(|_| "the unsealed JWK's key is not base64url".to_string())?,
+        );
+        self.decrypt_with_key(k.expose())
+    }
+
+    /// dir + A256GCM with a raw 32-byte key; the AAD is the protected header as stored.
+    fn decrypt_with_key(&self, k: &[u8]) -> Result<Secret, String> {
         if k.len() != 32 || self.iv.len() != 12 || self.tag.len() != 16 {
-            k.zeroize();
             return Err("unexpected key, IV or tag size for A256GCM".into());
         }
-        let cipher = Aes256Gcm::new_from_slice(&k).map_err(|e| e.to_string());
-        k.zeroize();
+        let cipher = Aes256Gcm::new_from_slice(k).map_err(|e| e.to_string());
         let mut sealed = self.ciphertext.clone();
         sealed.extend_from_slice(&self.tag);
         let plain = cipher?
@@ -58,6 +84,24 @@ impl Jwe {
         let mut plain = plain;
         plain.zeroize();
         Ok(out)
+    }
+}
+
+/// clevis `sss` with a threshold of 1: the tpm2 pin's JWE holds a Shamir point `x ‖ y`;
+/// with one point the secret is `y`, the key of the outer JWE.
+pub struct Sss {
+    pub inner: Jwe,
+    pub outer: Jwe,
+}
+
+impl Sss {
+    pub fn decrypt(&self, jwk: &Secret) -> Result<Secret, String> {
+        let point = self.inner.decrypt(jwk)?;
+        let bytes = point.expose();
+        if bytes.is_empty() || bytes.len() % 2 != 0 {
+            return Err("the sss share has an odd size".into());
+        }
+        self.outer.decrypt_with_key(&bytes[bytes.len() / 2..])
     }
 }
 
@@ -95,15 +139,53 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
     let clevis = header
         .get("clevis")
         .ok_or_else(|| bad("no clevis header".into()))?;
-    match clevis.get("pin").and_then(Value::as_str) {
-        Some("tpm2") => {}
+    let outer = Jwe {
+        protected: protected.clone(),
+        iv: b64("iv")?,
+        ciphertext: b64("ciphertext")?,
+        tag: b64("tag")?,
+    };
+    let (tpm2, finish) = match clevis.get("pin").and_then(Value::as_str) {
+        Some("tpm2") => (
+            clevis
+                .get("tpm2")
+                .cloned()
+                .ok_or_else(|| bad("no tpm2 settings".into()))?,
+            Finish::Jwe(outer),
+        ),
+        Some("sss") => {
+            let sss = clevis
+                .get("sss")
+                .ok_or_else(|| bad("no sss settings".into()))?;
+            if sss.get("t").and_then(Value::as_u64) != Some(1) {
+                return Err(bad(
+                    "sss with a threshold above 1 needs several pins; not supported".into(),
+                ));
+            }
+            let inner = sss
+                .get("jwe")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|j| j.as_str().and_then(Jwe::from_compact))
+                .find(|j| {
+                    j.header().and_then(|h| h.pointer("/clevis/pin").cloned())
+                        == Some(Value::from("tpm2"))
+                })
+                .ok_or_else(|| {
+                    bad("sss holds no tpm2 pin (tang needs the network; not supported)".into())
+                })?;
+            let settings = inner
+                .header()
+                .and_then(|h| h.pointer("/clevis/tpm2").cloned())
+                .ok_or_else(|| bad("the sss tpm2 pin has no settings".into()))?;
+            (settings, Finish::Sss(Sss { inner, outer }))
+        }
         Some("tang") => return Err(bad("the tang pin needs the network; not supported".into())),
         Some(other) => return Err(bad(format!("the '{other}' pin is not supported yet"))),
         None => return Err(bad("no clevis pin".into())),
-    }
-    let tpm2 = clevis
-        .get("tpm2")
-        .ok_or_else(|| bad("no tpm2 settings".into()))?;
+    };
+    let tpm2 = &tpm2;
     let text = |name: &str| tpm2.get(name).and_then(Value::as_str);
     let hash: PcrBank = text("hash").unwrap_or("sha256").parse().map_err(bad)?;
     let rsa = match text("key").unwrap_or("ecc") {
@@ -154,12 +236,7 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
         pcrs,
         expected_policy: Some(policy),
         pin: None,
-        finish: Finish::Jwe(Jwe {
-            protected,
-            iv: b64("iv")?,
-            ciphertext: b64("ciphertext")?,
-            tag: b64("tag")?,
-        }),
+        finish,
     })
 }
 

@@ -37,6 +37,8 @@ pub enum Finish {
     Base64,
     /// clevis: the unsealed bytes are a JWK that decrypts this JWE (dir + A256GCM).
     Jwe(clevis::Jwe),
+    /// clevis sss (threshold 1) around a tpm2 pin.
+    Sss(clevis::Sss),
 }
 
 pub struct ForeignPlan {
@@ -70,14 +72,16 @@ impl ForeignPlan {
 
     /// The keyslot passphrase from the unsealed bytes.
     pub fn passphrase(&self, unsealed: &Secret) -> Result<Secret, ForeignError> {
-        match &self.finish {
+        let result = match &self.finish {
             Finish::Base64 => Ok(crate::cmd::enroll::passphrase_of(unsealed)),
-            Finish::Jwe(jwe) => jwe.decrypt(unsealed).map_err(|reason| ForeignError {
-                kind: self.kind,
-                id: self.id,
-                reason,
-            }),
-        }
+            Finish::Jwe(jwe) => jwe.decrypt(unsealed),
+            Finish::Sss(sss) => sss.decrypt(unsealed),
+        };
+        result.map_err(|reason| ForeignError {
+            kind: self.kind,
+            id: self.id,
+            reason,
+        })
     }
 }
 
