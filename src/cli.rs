@@ -89,6 +89,10 @@ pub enum Command {
         /// prompt machinery, e.g. /lib/cryptsetup/askpass: console or plymouth).
         #[arg(long, value_name = "PROG")]
         askpass: Option<PathBuf>,
+        /// Signature file for systemd tokens with a signed PCR policy
+        /// (default: tpm2-pcr-signature.json where systemd looks for it).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
         /// Do not extend the fence PCR afterwards.
         #[arg(long)]
         no_fence: bool,

@@ -93,6 +93,7 @@ fn run(command: Command) -> u8 {
             test,
             pin_file,
             askpass,
+            signature,
             no_fence,
             tcti,
         } => {
@@ -111,6 +112,7 @@ fn run(command: Command) -> u8 {
                 tcti: tcti.tcti,
                 pin_file,
                 askpass,
+                signature,
                 no_fence,
             });
             if let Some(e) = &r.fence_error {

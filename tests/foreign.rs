@@ -158,6 +158,71 @@ fn clevis_sss_threshold_one_around_tpm2() {
 }
 
 #[test]
+fn systemd_signed_pcr11_policy_with_systemd_measure() {
+    let f = Fixture::new();
+    let run = |cmd: &mut Command| {
+        let out = cmd.output().expect("tool");
+        assert!(
+            out.status.success(),
+            "{cmd:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    let (key, public) = (f.path("priv.pem"), f.path("pub.pem"));
+    run(Command::new("openssl")
+        .args(["genrsa", "-out"])
+        .arg(&key)
+        .arg("2048"));
+    run(Command::new("openssl")
+        .args(["rsa", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public));
+    // A UKI's sections, as systemd-stub measures them into PCR 11 before the initrd.
+    let sections: [(&str, Vec<u8>); 3] = [
+        (".linux", (0..1000u32).map(|i| (i * 7) as u8).collect()),
+        (".osrel", b"ID=test\n".to_vec()),
+        (".cmdline", b"root=/dev/x\n".to_vec()),
+    ];
+    let mut measure = Command::new("/lib/systemd/systemd-measure");
+    measure
+        .arg("sign")
+        .arg(format!("--tpm2-device={}", f.tpm.tcti()));
+    for (name, content) in &sections {
+        let file = f.write(&name[1..], content);
+        measure.arg(format!("--{}={}", &name[1..], file.display()));
+    }
+    measure.args(["--bank=sha256", "--phase=enter-initrd"]);
+    measure.arg(format!("--private-key={}", key.display()));
+    measure.arg(format!("--public-key={}", public.display()));
+    let signature = f.write("tpm2-pcr-signature.json", &run(&mut measure));
+    flush(&f);
+    systemd_enroll(
+        &f,
+        &[
+            &format!("--tpm2-public-key={}", public.display()),
+            "--tpm2-public-key-pcrs=11",
+            "--tpm2-pcrs=",
+        ],
+        None,
+    );
+    for (name, content) in &sections {
+        f.tpm.extend(11, format!("{name}\0").as_bytes());
+        f.tpm.extend(11, content);
+    }
+    f.tpm.extend(11, b"enter-initrd");
+    let sig = signature.to_str().unwrap();
+    let r = f.unlock_test(&["--no-fence", "--signature", sig]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // Leaving the initrd: no signature covers that value any more.
+    f.tpm.extend(11, b"leave-initrd");
+    let r = f.unlock_test(&["--no-fence", "--signature", sig]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("no signature"), "{}", r.stderr);
+}
+
+#[test]
 fn corrupted_foreign_tokens_are_clear_errors() {
     let f = Fixture::new();
     systemd_enroll(&f, &["--tpm2-pcrs=7"], None);

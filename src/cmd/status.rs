@@ -193,6 +193,11 @@ pub fn render_text(s: &Value) -> String {
                 }
             );
         }
+        if let Some(p) = t.get("signed_pcrs") {
+            out += &format!(
+                "  signed PCR policy over PCRs {p}: unseals when a signature file has a signature for their values\n"
+            );
+        }
         if let Some(m) = get(t, "policy_matches").as_bool() {
             out += &format!(
                 "  would unseal now: {}\n",

@@ -30,6 +30,8 @@ pub struct UnlockOptions {
     pub pin_file: Option<PathBuf>,
     /// Program that asks for a PIN: run as `PROG "PROMPT"`, its stdout is the PIN.
     pub askpass: Option<PathBuf>,
+    /// Signature file for signed PCR policies (else systemd's usual places).
+    pub signature: Option<PathBuf>,
     pub no_fence: bool,
 }
 
@@ -52,6 +54,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
             tpm: &mut tpm,
             pin_file: o.pin_file.as_ref(),
             askpass: o.askpass.as_ref(),
+            signature: o.signature.as_ref(),
             pin_cache: &mut pin_cache,
             fence_pcrs: &mut fence_pcrs,
             saw_token: &mut saw_token,
@@ -107,6 +110,7 @@ struct Attempt<'a> {
     tpm: &'a mut LazyEsys,
     pin_file: Option<&'a PathBuf>,
     askpass: Option<&'a PathBuf>,
+    signature: Option<&'a PathBuf>,
     pin_cache: &'a mut Option<Secret>,
     fence_pcrs: &'a mut BTreeSet<u32>,
     saw_token: &'a mut bool,
@@ -179,6 +183,10 @@ fn unlock_volume(
         };
         let attempt = planned
             .map_err(|e| Error::NoUsableToken(e.to_string()))
+            .map(|mut plan| {
+                add_signatures(&mut plan, a.signature);
+                plan
+            })
             .and_then(|plan| unlock_with_plan(a, &mut vol, &plan, name, test));
         match attempt {
             Ok(vk) => return Ok((uuid, vk)),
@@ -289,6 +297,7 @@ fn unseal_token(
             pcrs,
             expected_pcr_digest: Some(token.expected_pcr_digest().to_vec()),
             expected_policy: None,
+            signed: None,
             auth,
         }
     }
@@ -351,7 +360,7 @@ fn unlock_with_plan(
 ) -> Result<Secret> {
     let label = |e: TpmError| -> Error {
         let e = match e {
-            TpmError::PolicyMismatch { .. } => TpmError::PolicyMismatch {
+            TpmError::PolicyMismatch { detail } if detail.is_empty() => TpmError::PolicyMismatch {
                 detail: format!(
                     "the {} PCRs {:?} differ from enrollment; use `sealroot recover`",
                     plan.bank, plan.pcrs
@@ -427,6 +436,33 @@ fn plan_request<'r>(plan: &'r ForeignPlan, auth: Option<&'r Secret>) -> Unseal<'
         pcrs: &plan.pcrs,
         expected_pcr_digest: None,
         expected_policy: plan.expected_policy.as_deref(),
+        signed: plan.signed.as_ref(),
         auth,
+    }
+}
+
+/// Signed PCR policies: the signatures come from `--signature`, else from where systemd
+/// looks (`tpm2-pcr-signature.json` in /etc/systemd, /run/systemd, /usr/local/lib/systemd,
+/// /usr/lib/systemd, and /.extra in the initrd).
+fn add_signatures(plan: &mut ForeignPlan, explicit: Option<&PathBuf>) {
+    if plan.signed.is_none() {
+        return;
+    }
+    let paths = match explicit {
+        Some(p) => vec![p.clone()],
+        None => systemd::signature_paths(),
+    };
+    let mut found = Vec::new();
+    for path in paths {
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        match serde_json::from_slice::<serde_json::Value>(&text) {
+            Ok(json) => found.extend(systemd::signatures_for(&json, plan)),
+            Err(e) => console::error(&format!("{}: not JSON ({e}); ignored", path.display())),
+        }
+    }
+    if let Some(signed) = plan.signed.as_mut() {
+        signed.signatures = found;
     }
 }

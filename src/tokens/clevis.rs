@@ -237,6 +237,8 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
         expected_policy: Some(policy),
         pin: None,
         finish,
+        signed: None,
+        signature_pkfp: None,
     })
 }
 

@@ -53,6 +53,10 @@ pub struct ForeignPlan {
     pub expected_policy: Option<Vec<u8>>,
     pub pin: Option<PinDerivation>,
     pub finish: Finish,
+    /// systemd's signed PCR policy; its signatures are filled in at unlock time.
+    pub signed: Option<crate::tpm::esys::SignedPolicy>,
+    /// SHA-256 of the signing key's PKCS#1 DER, to pick entries from signature files.
+    pub signature_pkfp: Option<Vec<u8>>,
 }
 
 impl ForeignPlan {

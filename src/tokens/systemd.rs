@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::{
     Finish, ForeignError, ForeignPlan, ParentSpec, PinDerivation, primary_template, single_keyslot,
 };
+use crate::tpm::esys::SignedPolicy;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::seal::SealedObject;
 
@@ -30,13 +31,6 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
     };
     if field("tpm2_pcrlock").and_then(Value::as_bool) == Some(true) {
         return Err(unsupported("pcrlock policies"));
-    }
-    if field("tpm2_pubkey").is_some()
-        || field("tpm2_pubkey_pcrs")
-            .and_then(Value::as_array)
-            .is_some_and(|a| !a.is_empty())
-    {
-        return Err(unsupported("signed PCR policies (tpm2_pubkey)"));
     }
     for key in [
         "tpm2_argon2id_memcost",
@@ -70,17 +64,9 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
             bad(text)
         }
     })?;
-    let pcrs: Vec<u32> = field("tpm2-pcrs")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("tpm2-pcrs is missing".into()))?
-        .iter()
-        .map(|v| {
-            v.as_u64()
-                .filter(|&n| n < u64::from(PCR_COUNT))
-                .map(|n| n as u32)
-        })
-        .collect::<Option<Vec<u32>>>()
-        .ok_or_else(|| bad("tpm2-pcrs holds something that is not a PCR number".into()))?;
+    let pcrs = field("tpm2-pcrs")
+        .and_then(pcr_list)
+        .ok_or_else(|| bad("tpm2-pcrs is missing or holds something that is not a PCR".into()))?;
     let bank: PcrBank = match field("tpm2-pcr-bank").and_then(Value::as_str) {
         Some(b) => b.parse().map_err(bad)?,
         // Legacy tokens without a bank: systemd picks sha256 when it is allocated.
@@ -126,6 +112,30 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
             None => PinDerivation::Sha256,
         }),
     };
+    let (signed, signature_pkfp) = match field("tpm2_pubkey").and_then(Value::as_str) {
+        None => (None, None),
+        Some(pem_b64) => {
+            let pem = B64
+                .decode(pem_b64)
+                .map_err(|e| bad(format!("tpm2_pubkey is not base64: {e}")))?;
+            let pcrs = match field("tpm2_pubkey_pcrs") {
+                None => vec![11],
+                Some(v) => pcr_list(v).ok_or_else(|| {
+                    bad("tpm2_pubkey_pcrs holds something that is not a PCR".into())
+                })?,
+            };
+            let (key_publics, pkfp) = rsa_key(&pem).map_err(bad)?;
+            (
+                Some(SignedPolicy {
+                    bank,
+                    pcrs,
+                    key_publics,
+                    signatures: Vec::new(),
+                }),
+                Some(pkfp),
+            )
+        }
+    };
     Ok(ForeignPlan {
         kind: TOKEN_TYPE,
         id,
@@ -138,7 +148,107 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
         expected_policy: Some(policy),
         pin,
         finish: Finish::Base64,
+        signed,
+        signature_pkfp,
     })
+}
+
+/// A JSON array of PCR numbers (0–23).
+fn pcr_list(v: &Value) -> Option<Vec<u32>> {
+    v.as_array()?
+        .iter()
+        .map(|v| {
+            v.as_u64()
+                .filter(|&n| n < u64::from(PCR_COUNT))
+                .map(|n| n as u32)
+        })
+        .collect()
+}
+
+/// TPMT_PUBLIC encodings of an RSA signing key as systemd names it (decrypt|sign|
+/// userWithAuth, no symmetric, no scheme), one per exponent encoding systemd has used
+/// (65537 written out, or 0 for the default: systemd#30546), and the key's fingerprint as
+/// signature files carry it (SHA-256 of the PKCS#1 DER).
+fn rsa_key(pem: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    use rsa::pkcs8::DecodePublicKey;
+    use rsa::traits::PublicKeyParts;
+    use sha2::{Digest, Sha256};
+    let text = std::str::from_utf8(pem).map_err(|_| "tpm2_pubkey is not PEM text".to_string())?;
+    let key = rsa::RsaPublicKey::from_public_key_pem(text)
+        .map_err(|e| format!("tpm2_pubkey is not an RSA public key: {e}"))?;
+    let n = key.n().to_bytes_be();
+    let e: u32 = key
+        .e()
+        .to_bytes_be()
+        .iter()
+        .fold(0u32, |acc, b| acc.wrapping_shl(8) | u32::from(*b));
+    let encode = |exponent: u32| {
+        let mut t = vec![
+            0x00, 0x01, 0x00, 0x0b, 0x00, 0x06, 0x00, 0x40, 0x00, 0x00, 0x00, 0x10, 0x00, 0x10,
+        ];
+        t.extend_from_slice(&((n.len() * 8) as u16).to_be_bytes());
+        t.extend_from_slice(&exponent.to_be_bytes());
+        t.extend_from_slice(&(n.len() as u16).to_be_bytes());
+        t.extend_from_slice(&n);
+        t
+    };
+    let mut encodings = vec![encode(e)];
+    if e == 65537 {
+        encodings.push(encode(0));
+    }
+    let der = key
+        .to_pkcs1_der()
+        .map_err(|e| format!("cannot encode the key: {e}"))?;
+    Ok((encodings, Sha256::digest(der.as_bytes()).to_vec()))
+}
+
+/// Where systemd looks for `tpm2-pcr-signature.json`; `/.extra` only in the initrd.
+pub fn signature_paths() -> Vec<std::path::PathBuf> {
+    let mut paths: Vec<std::path::PathBuf> = [
+        "/etc/systemd/tpm2-pcr-signature.json",
+        "/run/systemd/tpm2-pcr-signature.json",
+        "/usr/local/lib/systemd/tpm2-pcr-signature.json",
+        "/usr/lib/systemd/tpm2-pcr-signature.json",
+    ]
+    .iter()
+    .map(Into::into)
+    .collect();
+    if std::path::Path::new("/etc/initrd-release").exists() {
+        paths.push("/.extra/tpm2-pcr-signature.json".into());
+    }
+    paths
+}
+
+/// The (policy, signature) pairs of a signature file that fit this token: same bank, same
+/// PCR set, same key fingerprint, no policyRef.
+pub fn signatures_for(json: &Value, plan: &ForeignPlan) -> Vec<(Vec<u8>, Vec<u8>)> {
+    let (Some(signed), Some(pkfp)) = (&plan.signed, &plan.signature_pkfp) else {
+        return Vec::new();
+    };
+    let mut want = signed.pcrs.clone();
+    want.sort_unstable();
+    json.get(signed.bank.name())
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| {
+            let mut pcrs: Vec<u32> = entry
+                .get("pcrs")?
+                .as_array()?
+                .iter()
+                .filter_map(|v| v.as_u64().map(|n| n as u32))
+                .collect();
+            pcrs.sort_unstable();
+            let fp = hex::decode(entry.get("pkfp")?.as_str()?).ok()?;
+            if pcrs != want || fp != *pkfp || entry.get("ref").is_some() {
+                return None;
+            }
+            let pol = hex::decode(entry.get("pol")?.as_str()?).ok()?;
+            let sig = B64.decode(entry.get("sig")?.as_str()?).ok()?;
+            Some((pol, sig))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -147,6 +257,30 @@ mod tests {
 
     // tokens-systemd.md §11.1, captured from systemd-cryptenroll 252.
     const TOKEN: &str = r#"{"type":"systemd-tpm2","keyslots":["1"],"tpm2-blob":"AJ4AIHUQgjcuV9cIMWJsKk8XqNhadlJjw9OnI96lez+kVTUXABD2la4Ty9eVphGOEhWedvo5xV5C7sfnlmGYlvZrCs5drpPcJid0ZFP9arGKnuQ1W7N+weEVIghq3at6BKEqzQFTa1LeVacvoP3V9o3UhykBTrRFmyXABamXVF/I+ogjDVUMBQitFriCx71KHtHIik7iXkU/5fIqqSzYDABOAAgACwAAABIAIItWgtgbKUNdCNeSeBUGEdx+WSOy/vzOaEoJV3tAEwqLABAAIPbELjNuN8pZ2+Ct++rXUm7LktQatyTHc5Cx9jeZ650+","tpm2-pcrs":[7],"tpm2-pcr-bank":"sha256","tpm2-primary-alg":"ecc","tpm2-policy-hash":"8b5682d81b29435d08d79278150611dc7e5923b2fefcce684a09577b40130a8b","tpm2-pin":false}"#;
+
+    // tokens-systemd.md §11.3/11.4: the signing key of a v252 signed-PCR-11 token.
+    const PUBKEY: &str = "LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KTUlJQklqQU5CZ2txaGtpRzl3MEJBUUVGQUFPQ0FROEFNSUlCQ2dLQ0FRRUE4cHJZSVZOU0pOTktzL3NtUm1NbApHcElTdzVseEpEbGpLbm1PNDVqZDB0S2lIMUNiM2s1KzBaclBQV0JtOWk4bERTZHJXL0owSncxSHQ3Y2g4S3dECkF6TlRLRXNRYnZyWEZvZWpTcEJZMzJRNHZlWUJtUE1TTXR4OHVUeWU0bG44UzZPOE9yeTZkcFNYVk5zSFVJMEIKYUllckF0d3B0bGIzR2RiM0VhWXF4REtEZVpQVFRBc3VxU2lzYm96NWpnSEVOdU1lcThNeGh5bnI5bTJCUXRQYwpwN092OVlRb1RmR2xVSjgvc0JiVEJZOWFVWmtYQXhHZmZlZVp3ZUY0c3ZoU1hOSDNxdFFlcC96dFJRK1RWTWxVCnNMNVVoMkVaWnk3QzFzcmtRV29IbkFEU0M5SGJ2OHVQOXB2VkpibVhLRkF4Y3JGT0NmTVc1MVkySjZGNmFJMHoKaVFJREFRQUIKLS0tLS1FTkQgUFVCTElDIEtFWS0tLS0tCg==";
+
+    #[test]
+    fn signing_key_name_and_fingerprint_match_the_vectors() {
+        use sha2::{Digest, Sha256};
+        let pem = B64.decode(PUBKEY).unwrap();
+        let (encodings, pkfp) = rsa_key(&pem).unwrap();
+        assert_eq!(
+            hex::encode(&pkfp),
+            "f082d10258105d4bc2bbea3c96ff5c14b86261dc6f2136012c3869382502ffbc"
+        );
+        let name = |t: &[u8]| {
+            let mut n = vec![0x00, 0x0b];
+            n.extend_from_slice(&Sha256::digest(t));
+            hex::encode(n)
+        };
+        assert_eq!(
+            name(&encodings[0]),
+            "000b5b79b900c9f5d693ba806fad40f663369a4c1b2a580829fec0e6067ef007778d"
+        );
+        assert!(name(&encodings[1]).starts_with("000bdfc3efdd"));
+    }
 
     #[test]
     fn parses_the_v252_vector() {
@@ -186,13 +320,7 @@ mod tests {
         }
         let mut t = v.clone();
         t["tpm2_pubkey"] = Value::from("x");
-        assert!(
-            plan(0, &t)
-                .err()
-                .unwrap()
-                .to_string()
-                .contains("signed PCR policies")
-        );
+        assert!(plan(0, &t).is_err());
         let mut t = v.clone();
         t["tpm2_pcrlock"] = Value::from(true);
         assert!(plan(0, &t).err().unwrap().to_string().contains("pcrlock"));

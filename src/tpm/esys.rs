@@ -14,14 +14,16 @@ use std::ptr;
 use sha2::{Digest as _, Sha256};
 use tss_esapi::tss2_esys::{
     ESYS_CONTEXT, ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, ESYS_TR_RH_OWNER, Esys_CreatePrimary,
-    Esys_Finalize, Esys_FlushContext, Esys_Free, Esys_Initialize, Esys_Load, Esys_PCR_Event,
-    Esys_PCR_Read, Esys_PolicyAuthValue, Esys_PolicyGetDigest, Esys_PolicyPCR,
-    Esys_StartAuthSession, Esys_TR_Close, Esys_TR_Deserialize, Esys_TR_SetAuth,
-    Esys_TRSess_SetAttributes, Esys_Unseal, TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_EVENT,
-    TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_DIGEST, TPML_DIGEST_VALUES,
-    TPML_PCR_SELECTION, TPMS_PCR_SELECTION, TPMT_SYM_DEF, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE,
-    TSS2_RC, TSS2_TCTI_CONTEXT, Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal,
-    Tss2_MU_TPMT_PUBLIC_Unmarshal, Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
+    Esys_Finalize, Esys_FlushContext, Esys_Free, Esys_Initialize, Esys_Load, Esys_LoadExternal,
+    Esys_PCR_Event, Esys_PCR_Read, Esys_PolicyAuthValue, Esys_PolicyAuthorize,
+    Esys_PolicyGetDigest, Esys_PolicyPCR, Esys_StartAuthSession, Esys_TR_Close,
+    Esys_TR_Deserialize, Esys_TR_GetName, Esys_TR_SetAuth, Esys_TRSess_SetAttributes, Esys_Unseal,
+    Esys_VerifySignature, TPM2B_AUTH, TPM2B_DATA, TPM2B_DIGEST, TPM2B_EVENT, TPM2B_NAME,
+    TPM2B_NONCE, TPM2B_PRIVATE, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_DIGEST,
+    TPML_DIGEST_VALUES, TPML_PCR_SELECTION, TPMS_PCR_SELECTION, TPMT_SIGNATURE, TPMT_SYM_DEF,
+    TPMT_TK_VERIFIED, TPMU_SYM_KEY_BITS, TPMU_SYM_MODE, TSS2_RC, TSS2_TCTI_CONTEXT,
+    Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal, Tss2_MU_TPMT_PUBLIC_Unmarshal,
+    Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
 };
 use zeroize::Zeroize;
 
@@ -31,6 +33,8 @@ use super::seal::SealedObject;
 use crate::secret::Secret;
 
 const TPM2_SE_POLICY: u8 = 0x01;
+const TPM2_ALG_RSASSA: u16 = 0x0014;
+const TPM2_RH_OWNER: u32 = 0x4000_0001;
 const TPM2_ALG_AES: u16 = 0x0006;
 const TPM2_ALG_CFB: u16 = 0x0043;
 const TPMA_SESSION_CONTINUESESSION: u8 = 0x01;
@@ -267,6 +271,25 @@ impl Esys {
         object: ESYS_TR,
         req: &Unseal<'_>,
     ) -> Result<Secret, TpmError> {
+        let encodings = req.signed.map_or(1, |s| s.key_publics.len().max(1));
+        let mut result = Err(TpmError::PcrChanged);
+        for key_index in 0..encodings {
+            result = self.policy_and_unseal_with(parent, object, req, key_index);
+            match result {
+                Err(TpmError::PolicyMismatch { .. }) if key_index + 1 < encodings => continue,
+                _ => break,
+            }
+        }
+        result
+    }
+
+    fn policy_and_unseal_with(
+        &mut self,
+        parent: ESYS_TR,
+        object: ESYS_TR,
+        req: &Unseal<'_>,
+        key_index: usize,
+    ) -> Result<Secret, TpmError> {
         let symmetric = TPMT_SYM_DEF {
             algorithm: TPM2_ALG_AES,
             keyBits: TPMU_SYM_KEY_BITS { aes: 128 },
@@ -311,7 +334,7 @@ impl Esys {
             return Err(generic(e));
         }
         let result = self
-            .run_policy(session, req)
+            .run_policy(session, req, key_index)
             .and_then(|_| self.unseal_with(session, object));
         match result {
             // A successful Unseal ended the session in the TPM: only ESAPI's record is left.
@@ -322,30 +345,18 @@ impl Esys {
         result
     }
 
-    fn run_policy(&mut self, session: ESYS_TR, req: &Unseal<'_>) -> Result<(), TpmError> {
+    fn run_policy(
+        &mut self,
+        session: ESYS_TR,
+        req: &Unseal<'_>,
+        key_index: usize,
+    ) -> Result<(), TpmError> {
+        if let Some(signed) = req.signed {
+            self.policy_authorize(session, signed, key_index)?;
+        }
         if !req.pcrs.is_empty() {
-            let digest = tpm2b_digest(req.expected_pcr_digest.as_deref().unwrap_or(&[]))?;
-            let selection = pcr_selection(req.bank, req.pcrs);
-            // SAFETY: pointers to live locals.
-            let rc = unsafe {
-                Esys_PolicyPCR(
-                    self.ctx,
-                    session,
-                    ESYS_TR_NONE,
-                    ESYS_TR_NONE,
-                    ESYS_TR_NONE,
-                    &digest,
-                    &selection,
-                )
-            };
-            check("PolicyPCR", rc).map_err(|e| match classify(e.1) {
-                RcKind::PcrChanged => TpmError::PcrChanged,
-                // The expected digest differs from the PCRs now: the TPM says so at once.
-                RcKind::Value => TpmError::PolicyMismatch {
-                    detail: String::new(),
-                },
-                _ => generic(e),
-            })?;
+            let expected = req.expected_pcr_digest.as_deref().unwrap_or(&[]);
+            self.policy_pcr(session, req.bank, req.pcrs, expected)?;
         }
         if req.auth.is_some() {
             // SAFETY: session is live.
@@ -355,26 +366,7 @@ impl Esys {
             check("PolicyAuthValue", rc).map_err(generic)?;
         }
         if let Some(expected) = req.expected_policy {
-            let mut digest: *mut TPM2B_DIGEST = ptr::null_mut();
-            // SAFETY: digest receives an ESAPI allocation, freed below.
-            let rc = unsafe {
-                Esys_PolicyGetDigest(
-                    self.ctx,
-                    session,
-                    ESYS_TR_NONE,
-                    ESYS_TR_NONE,
-                    ESYS_TR_NONE,
-                    &mut digest,
-                )
-            };
-            check("PolicyGetDigest", rc).map_err(generic)?;
-            // SAFETY: valid on success, freed right after reading.
-            let matches = unsafe {
-                let d = &*digest;
-                let same = d.buffer[..usize::from(d.size).min(64)] == *expected;
-                Esys_Free(digest.cast());
-                same
-            };
+            let matches = self.policy_digest(session)? == expected;
             if !matches {
                 return Err(TpmError::PolicyMismatch {
                     detail: String::new(),
@@ -543,7 +535,20 @@ pub struct Unseal<'a> {
     /// The policy digest the object expects, compared (PolicyGetDigest) before Unseal so a
     /// mismatch never reaches the dictionary-attack counter.
     pub expected_policy: Option<&'a [u8]>,
+    /// A signed PCR policy (systemd's PolicyAuthorize) to satisfy first.
+    pub signed: Option<&'a SignedPolicy>,
     pub auth: Option<&'a Secret>,
+}
+
+/// A signed PCR policy: the public key whose signatures are accepted, the PCRs it covers,
+/// and the signatures at hand as (approved policy digest, RSASSA-SHA256 signature) pairs.
+pub struct SignedPolicy {
+    pub bank: PcrBank,
+    pub pcrs: Vec<u32>,
+    /// TPMT_PUBLIC of the RSA key, one per encoding of its exponent to try (systemd
+    /// versions differ: 65537 written out, or 0 for the default).
+    pub key_publics: Vec<Vec<u8>>,
+    pub signatures: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Where the sealed object's parent comes from.
@@ -625,6 +630,185 @@ fn pcr_selection(bank: PcrBank, pcrs: &[u32]) -> TPML_PCR_SELECTION {
     list.count = 1;
     list.pcrSelections[0] = sel;
     list
+}
+
+impl Esys {
+    /// PolicyPCR over the signed PCRs, then PolicyAuthorize with a signature of the
+    /// resulting digest by the token's key (LoadExternal + VerifySignature for the ticket).
+    fn policy_authorize(
+        &mut self,
+        session: ESYS_TR,
+        signed: &SignedPolicy,
+        key_index: usize,
+    ) -> Result<(), TpmError> {
+        self.policy_pcr(session, signed.bank, &signed.pcrs, &[])?;
+        let approved = self.policy_digest(session)?;
+        let Some((_, sig)) = signed.signatures.iter().find(|(pol, _)| *pol == approved) else {
+            return Err(TpmError::PolicyMismatch {
+                detail: format!(
+                    "no signature for the current {} PCR {:?} values (tpm2-pcr-signature.json); use `sealroot recover`",
+                    signed.bank, signed.pcrs
+                ),
+            });
+        };
+        let key_public = signed
+            .key_publics
+            .get(key_index)
+            .ok_or_else(|| TpmError::Invalid("no public key for the signed policy".into()))?;
+        // SAFETY: plain data; all zeros is valid.
+        let mut public: TPM2B_PUBLIC = unsafe { std::mem::zeroed() };
+        public.publicArea = unmarshal(key_public, Tss2_MU_TPMT_PUBLIC_Unmarshal, "TPMT_PUBLIC")?;
+        let mut key: ESYS_TR = ESYS_TR_NONE;
+        // SAFETY: pointers to live locals; the key is flushed below. The owner hierarchy,
+        // because PolicyAuthorize refuses tickets from the null hierarchy.
+        let rc = unsafe {
+            Esys_LoadExternal(
+                self.ctx,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ptr::null(),
+                &public,
+                TPM2_RH_OWNER,
+                &mut key,
+            )
+        };
+        check("LoadExternal", rc).map_err(generic)?;
+        let result = self.authorize_with(session, key, &approved, sig);
+        self.flush(key);
+        result
+    }
+
+    fn authorize_with(
+        &mut self,
+        session: ESYS_TR,
+        key: ESYS_TR,
+        approved: &[u8],
+        sig: &[u8],
+    ) -> Result<(), TpmError> {
+        let digest = tpm2b_digest(&Sha256::digest(approved))?;
+        // SAFETY: plain data; all zeros is valid.
+        let mut signature: TPMT_SIGNATURE = unsafe { std::mem::zeroed() };
+        signature.sigAlg = TPM2_ALG_RSASSA;
+        if sig.len() > 512 {
+            return Err(TpmError::Invalid("signature too long".into()));
+        }
+        // SAFETY: writing the rsassa member of the union we declared as RSASSA.
+        unsafe {
+            signature.signature.rsassa.hash = PcrBank::Sha256.alg_id();
+            signature.signature.rsassa.sig.size = sig.len() as u16;
+            signature.signature.rsassa.sig.buffer[..sig.len()].copy_from_slice(sig);
+        }
+        let mut ticket: *mut TPMT_TK_VERIFIED = ptr::null_mut();
+        // SAFETY: pointers to live locals; ticket is freed below.
+        let rc = unsafe {
+            Esys_VerifySignature(
+                self.ctx,
+                key,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &digest,
+                &signature,
+                &mut ticket,
+            )
+        };
+        check("VerifySignature", rc).map_err(|e| TpmError::PolicyMismatch {
+            detail: format!(
+                "the PCR signature does not verify (0x{:x}); use `sealroot recover`",
+                e.1
+            ),
+        })?;
+        let mut name: *mut TPM2B_NAME = ptr::null_mut();
+        // SAFETY: name receives an ESAPI allocation, freed below.
+        let rc = unsafe { Esys_TR_GetName(self.ctx, key, &mut name) };
+        let result = check("TR_GetName", rc).map_err(generic).and_then(|_| {
+            let approved = tpm2b_digest(approved)?;
+            // SAFETY: plain data; an empty policyRef.
+            let policy_ref: TPM2B_NONCE = unsafe { std::mem::zeroed() };
+            // SAFETY: all pointers valid; name and ticket from ESAPI.
+            let rc = unsafe {
+                Esys_PolicyAuthorize(
+                    self.ctx,
+                    session,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    &approved,
+                    &policy_ref,
+                    name,
+                    ticket,
+                )
+            };
+            check("PolicyAuthorize", rc).map_err(generic)
+        });
+        // SAFETY: both allocated by ESAPI (or null).
+        unsafe {
+            if !name.is_null() {
+                Esys_Free(name.cast());
+            }
+            if !ticket.is_null() {
+                Esys_Free(ticket.cast());
+            }
+        }
+        result
+    }
+
+    /// PolicyPCR; with `expected` (a digest of the expected values) the TPM compares at
+    /// once, and a difference is a policy mismatch before anything else is tried.
+    fn policy_pcr(
+        &mut self,
+        session: ESYS_TR,
+        bank: PcrBank,
+        pcrs: &[u32],
+        expected: &[u8],
+    ) -> Result<(), TpmError> {
+        let digest = tpm2b_digest(expected)?;
+        let selection = pcr_selection(bank, pcrs);
+        // SAFETY: pointers to live locals.
+        let rc = unsafe {
+            Esys_PolicyPCR(
+                self.ctx,
+                session,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &digest,
+                &selection,
+            )
+        };
+        check("PolicyPCR", rc).map_err(|e| match classify(e.1) {
+            RcKind::PcrChanged => TpmError::PcrChanged,
+            RcKind::Value => TpmError::PolicyMismatch {
+                detail: String::new(),
+            },
+            _ => generic(e),
+        })
+    }
+
+    fn policy_digest(&mut self, session: ESYS_TR) -> Result<Vec<u8>, TpmError> {
+        let mut digest: *mut TPM2B_DIGEST = ptr::null_mut();
+        // SAFETY: digest receives an ESAPI allocation, freed below.
+        let rc = unsafe {
+            Esys_PolicyGetDigest(
+                self.ctx,
+                session,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &mut digest,
+            )
+        };
+        check("PolicyGetDigest", rc).map_err(generic)?;
+        // SAFETY: valid on success, freed right after reading.
+        let out = unsafe {
+            let d = &*digest;
+            let v = d.buffer[..usize::from(d.size).min(64)].to_vec();
+            Esys_Free(digest.cast());
+            v
+        };
+        Ok(out)
+    }
 }
 
 #[cfg(test)]
