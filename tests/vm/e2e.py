@@ -121,9 +121,10 @@ class Guest:
                                   PIN_PROMPT])
                 if i == 4:
                     pin_prompts += 1
-                    if not pins:
-                        raise Failure(f"{name}: unexpected PIN prompt #{pin_prompts}")
-                    child.sendline(pins.pop(0))
+                    # systemd's password agent redraws its prompt line; a prompt that
+                    # really waits for more would end in the boot timeout instead.
+                    if pins:
+                        child.sendline(pins.pop(0))
                 elif i == 0:
                     prompts += 1
                     if answer is None:
