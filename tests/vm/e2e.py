@@ -115,16 +115,22 @@ class Guest:
         prompts = 0
         pins = list(pins)
         pin_prompts = 0
+        # After typing a PIN, a prompt line is only a new question once sealroot has said
+        # the PIN was wrong (systemd's agent also redraws the line it is asking on).
+        awaiting_verdict = False
         try:
             while True:
                 i = child.expect([PROMPT, "E2E-POWEROFF", pexpect.EOF, pexpect.TIMEOUT,
-                                  PIN_PROMPT])
-                if i == 4:
+                                  PIN_PROMPT, "sealroot: wrong PIN"])
+                if i == 5:
+                    awaiting_verdict = False
+                elif i == 4:
                     pin_prompts += 1
-                    # systemd's password agent redraws its prompt line; a prompt that
-                    # really waits for more would end in the boot timeout instead.
-                    if pins:
+                    # A prompt that really waits for more than we have ends in the boot
+                    # timeout, which fails the test.
+                    if pins and not awaiting_verdict:
                         child.sendline(pins.pop(0))
+                        awaiting_verdict = True
                 elif i == 0:
                     prompts += 1
                     if answer is None:
