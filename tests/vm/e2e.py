@@ -118,19 +118,26 @@ class Guest:
         # After typing a PIN, a prompt line is only a new question once sealroot has said
         # the PIN was wrong (systemd's agent also redraws the line it is asking on).
         awaiting_verdict = False
+        prompt_while_awaiting = False
         try:
             while True:
                 i = child.expect([PROMPT, "E2E-POWEROFF", pexpect.EOF, pexpect.TIMEOUT,
                                   PIN_PROMPT, "sealroot: wrong PIN"])
                 if i == 5:
                     awaiting_verdict = False
+                    # The console may show the new prompt before the verdict line.
+                    if prompt_while_awaiting and pins:
+                        child.sendline(pins.pop(0))
+                        awaiting_verdict, prompt_while_awaiting = True, False
                 elif i == 4:
                     pin_prompts += 1
                     # A prompt that really waits for more than we have ends in the boot
                     # timeout, which fails the test.
                     if pins and not awaiting_verdict:
                         child.sendline(pins.pop(0))
-                        awaiting_verdict = True
+                        awaiting_verdict, prompt_while_awaiting = True, False
+                    elif awaiting_verdict:
+                        prompt_while_awaiting = True
                 elif i == 0:
                     prompts += 1
                     if answer is None:
