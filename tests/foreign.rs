@@ -105,6 +105,10 @@ fn systemd_pin() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = f.unlock_test(&["--no-fence", "--pin-file", wrong.to_str().unwrap()]);
     assert_eq!(r.code, 6, "{}", r.stderr);
+    // A changed PCR is found before the PIN is tried (no dictionary-attack cost).
+    f.tpm.extend(7, b"changed");
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin.to_str().unwrap()]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
 }
 
 #[test]
