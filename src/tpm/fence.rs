@@ -12,10 +12,6 @@
 
 use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
-use tss_esapi::Context;
-
-use super::error::TpmError;
-use super::pcr::{allocated_banks, extend_event};
 
 pub const DEFAULT_FENCE_PCR: u32 = 15;
 const EVENT_TAG: &[u8] = b"sealroot-fence-v1\0";
@@ -40,17 +36,6 @@ pub fn event(measurements: &[[u8; 32]]) -> Vec<u8> {
         e.extend_from_slice(m);
     }
     e
-}
-
-/// Extends `pcr` with the event of `measurements` in every allocated bank.
-pub fn extend(ctx: &mut Context, pcr: u32, measurements: &[[u8; 32]]) -> Result<(), TpmError> {
-    let banks = allocated_banks(ctx)?;
-    if banks.is_empty() {
-        return Err(TpmError::Invalid(
-            "the TPM reports no allocated PCR bank".into(),
-        ));
-    }
-    extend_event(ctx, pcr, &banks, &event(measurements))
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use tss_esapi::abstraction::pcr::read_all;
 use tss_esapi::handles::PcrHandle;
 use tss_esapi::interface_types::algorithm::HashingAlgorithm;
 use tss_esapi::structures::{
-    CapabilityData, Digest, DigestValues, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
+    Digest, DigestValues, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
 };
 
 use super::error::{TpmError, command_error};
@@ -173,24 +173,6 @@ pub fn read(
         out.insert(i, value.value().to_vec());
     }
     Ok(out)
-}
-
-/// Banks the TPM has allocated (non-empty selection), restricted to the ones we know.
-pub fn allocated_banks(ctx: &mut Context) -> Result<Vec<PcrBank>, TpmError> {
-    let (cap, _) = ctx
-        .get_capability(tss_esapi::constants::CapabilityType::AssignedPcr, 0, 8)
-        .map_err(|e| command_error("GetCapability(PCRS)", e))?;
-    let CapabilityData::AssignedPcr(list) = cap else {
-        return Err(TpmError::Invalid(
-            "unexpected capability data for PCRS".into(),
-        ));
-    };
-    Ok(list
-        .get_selections()
-        .iter()
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| PcrBank::from_hashing_algorithm(s.hashing_algorithm()))
-        .collect())
 }
 
 /// Extends `pcr` in every bank of `banks` with the bank's digest of `event`, in one command.

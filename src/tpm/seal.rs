@@ -1,26 +1,20 @@
-//! Sealing a secret under the SRK to a policy, and unsealing it through a salted policy
-//! session whose response is encrypted.
+//! Sealing a secret under the SRK to a policy (enrollment). Unsealing is the boot path's,
+//! in tpm::esys.
 
 use tss_esapi::Context;
 use tss_esapi::attributes::ObjectAttributesBuilder;
 use tss_esapi::constants::SessionType;
-use tss_esapi::handles::{KeyHandle, ObjectHandle};
+use tss_esapi::handles::KeyHandle;
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::interface_types::session_handles::{AuthSession, PolicySession};
 use tss_esapi::structures::{
-    Auth, Digest, KeyedHashScheme, Private, Public, PublicBuilder, PublicKeyedHashParameters,
-    SensitiveData,
+    Auth, Digest, KeyedHashScheme, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
 };
 
 use super::error::{RcKind, TpmError, command_error, kind_of};
-use super::pcr::{PcrBank, selection_list};
 use super::policy::PolicyDigest;
 use super::session::{self, Encrypt};
 use super::srk::{public_from_tpm2b, public_to_tpm2b};
 use crate::secret::Secret;
-
-/// Attempts when the TPM reports that PCRs changed between the policy and the unseal.
-const PCR_CHANGED_RETRIES: usize = 10;
 
 /// A sealed object as the TPM returned it: TPM2B_PRIVATE and TPM2B_PUBLIC wire bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,11 +61,6 @@ impl SealedObject {
     /// The authPolicy the TPM will enforce for this object.
     pub fn auth_policy(&self) -> Result<Vec<u8>, TpmError> {
         Ok(self.public_area()?.auth_policy().value().to_vec())
-    }
-
-    fn private_area(&self) -> Result<Private, TpmError> {
-        Private::try_from(self.private[2..].to_vec())
-            .map_err(|e| TpmError::Invalid(format!("bad TPM2B_PRIVATE: {e}")))
     }
 }
 
@@ -165,105 +154,6 @@ pub fn seal(
         private,
         public: public_to_tpm2b(&created.out_public)?,
     })
-}
-
-/// What the TPM must be shown to release a sealed secret.
-pub struct UnsealRequest<'a> {
-    pub parent: KeyHandle,
-    pub object: &'a SealedObject,
-    pub bank: PcrBank,
-    pub pcrs: &'a [u32],
-    /// SHA-256 over the expected PCR values; the TPM compares it at PolicyPCR, so a mismatch
-    /// is reported before Unseal is attempted.
-    pub expected_pcr_digest: [u8; 32],
-    pub auth: Option<&'a Secret>,
-}
-
-pub fn unseal(ctx: &mut Context, req: &UnsealRequest<'_>) -> Result<Secret, TpmError> {
-    let private = req.object.private_area()?;
-    let public = req.object.public_area()?;
-    let loaded = ctx
-        .execute_with_session(Some(AuthSession::Password), |c| {
-            c.load(req.parent, private, public)
-        })
-        .map_err(|e| match kind_of(&e) {
-            RcKind::Integrity | RcKind::Value | RcKind::Handle => TpmError::Rejected {
-                detail: format!("Load: {e}"),
-            },
-            _ => command_error("Load", e),
-        })?;
-    let result = unseal_loaded(ctx, req, loaded);
-    let _ = ctx.flush_context(ObjectHandle::from(loaded));
-    result
-}
-
-fn unseal_loaded(
-    ctx: &mut Context,
-    req: &UnsealRequest<'_>,
-    loaded: KeyHandle,
-) -> Result<Secret, TpmError> {
-    if let Some(auth) = req.auth {
-        let auth = Auth::try_from(auth.expose().to_vec())
-            .map_err(|e| TpmError::Invalid(format!("PIN auth value: {e}")))?;
-        ctx.tr_set_auth(loaded.into(), auth)
-            .map_err(|e| command_error("TR_SetAuth", e))?;
-    }
-    for _ in 0..PCR_CHANGED_RETRIES {
-        let session = session::start(
-            ctx,
-            req.parent,
-            SessionType::Policy,
-            Encrypt {
-                command: false,
-                response: true,
-            },
-        )?;
-        let attempt = policy_and_unseal(ctx, req, loaded, session);
-        session::flush(ctx, session);
-        match attempt {
-            Err(TpmError::PcrChanged) => continue,
-            other => return other,
-        }
-    }
-    Err(TpmError::PcrChanged)
-}
-
-fn policy_and_unseal(
-    ctx: &mut Context,
-    req: &UnsealRequest<'_>,
-    loaded: KeyHandle,
-    session: AuthSession,
-) -> Result<Secret, TpmError> {
-    let policy_session = PolicySession::try_from(session)
-        .map_err(|e| TpmError::Invalid(format!("policy session: {e}")))?;
-    if !req.pcrs.is_empty() {
-        let digest = Digest::try_from(req.expected_pcr_digest.to_vec())
-            .map_err(|e| TpmError::Invalid(e.to_string()))?;
-        ctx.policy_pcr(policy_session, digest, selection_list(req.bank, req.pcrs)?)
-            .map_err(|e| match kind_of(&e) {
-                RcKind::PcrChanged => TpmError::PcrChanged,
-                RcKind::Value => TpmError::PolicyMismatch {
-                    detail: String::new(),
-                },
-                _ => command_error("PolicyPCR", e),
-            })?;
-    }
-    if req.auth.is_some() {
-        ctx.policy_auth_value(policy_session)
-            .map_err(|e| command_error("PolicyAuthValue", e))?;
-    }
-    let data = ctx
-        .execute_with_session(Some(session), |c| c.unseal(loaded.into()))
-        .map_err(|e| match kind_of(&e) {
-            RcKind::PcrChanged => TpmError::PcrChanged,
-            RcKind::PolicyFail => TpmError::PolicyMismatch {
-                detail: String::new(),
-            },
-            RcKind::AuthFail => TpmError::WrongPin,
-            RcKind::Lockout => TpmError::Lockout,
-            _ => command_error("Unseal", e),
-        })?;
-    Ok(Secret::from_slice(data.value()))
 }
 
 #[cfg(test)]

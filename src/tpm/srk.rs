@@ -110,32 +110,6 @@ fn create(ctx: &mut Context) -> Result<Srk, TpmError> {
     })
 }
 
-/// Unlock: a handle to the SRK, checked against the public area recorded at enrollment so
-/// that a different TPM (or a replaced SRK) is reported as such before anything is tried.
-pub fn expect(ctx: &mut Context, handle: u32, expected: &Public) -> Result<KeyHandle, TpmError> {
-    let tpm_handle = PersistentTpmHandle::new(handle)
-        .map_err(|e| TpmError::Invalid(format!("SRK handle 0x{handle:08x}: {e}")))?;
-    let obj = ctx
-        .tr_from_tpm_public(TpmHandle::Persistent(tpm_handle))
-        .map_err(|e| match kind_of(&e) {
-            RcKind::Handle => TpmError::WrongTpm {
-                detail: format!("no storage root key at 0x{handle:08x}"),
-            },
-            _ => command_error("ReadPublic(SRK)", e),
-        })?;
-    let actual = ctx
-        .tr_get_name(obj)
-        .map_err(|e| command_error("TR_GetName", e))?;
-    if actual.value() != name_of(expected)?.as_slice() {
-        return Err(TpmError::WrongTpm {
-            detail: format!("the key at 0x{handle:08x} is not the one recorded in the token"),
-        });
-    }
-    // ESYS took the public area from the TPM, and its Name matches the recorded one, so the
-    // session salt is encrypted to the key the blob was sealed under.
-    Ok(KeyHandle::from(obj))
-}
-
 /// TPM Name of an object: nameAlg ‖ H_nameAlg(TPMT_PUBLIC).
 pub fn name_of(public: &Public) -> Result<Vec<u8>, TpmError> {
     let bytes = public

@@ -1,0 +1,109 @@
+//! Wire helpers: ESAPI return codes, TPM2B structures, PCR selections, ESYS_TR
+//! serialization.
+
+use super::*;
+
+pub(super) fn check(op: &'static str, rc: TSS2_RC) -> Result<(), (&'static str, u32)> {
+    if rc == 0 { Ok(()) } else { Err((op, rc)) }
+}
+
+pub(super) fn generic((op, rc): (&'static str, u32)) -> TpmError {
+    crate::tpm::error::from_rc(op, rc)
+}
+
+/// The ESAPI serialization of a key's ESYS_TR (IESYS_RESOURCE): `u32 handle ‖ TPM2B_NAME ‖
+/// u32 IESYSC_KEY_RSRC ‖ TPM2B_PUBLIC` — systemd stores the same bytes as `tpm2_srk`.
+pub fn serialized_key_resource(handle: u32, public_tpm2b: &[u8]) -> Result<Vec<u8>, TpmError> {
+    let public = crate::tpm::srk::public_from_tpm2b(public_tpm2b)?;
+    let name = crate::tpm::srk::name_of(&public)?;
+    let mut out = Vec::with_capacity(12 + name.len() + public_tpm2b.len());
+    out.extend_from_slice(&handle.to_be_bytes());
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(&name);
+    out.extend_from_slice(&IESYSC_KEY_RSRC.to_be_bytes());
+    out.extend_from_slice(public_tpm2b);
+    Ok(out)
+}
+
+pub(super) type Unmarshal<T> = unsafe extern "C" fn(*const u8, u64, *mut u64, *mut T) -> TSS2_RC;
+
+/// A TPM2B structure from wire bytes, all of them.
+pub(super) fn unmarshal<T>(bytes: &[u8], f: Unmarshal<T>, what: &str) -> Result<T, TpmError> {
+    // SAFETY: only instantiated with TPM2B_* structs: plain data, all zeros is valid.
+    let mut out: T = unsafe { std::mem::zeroed() };
+    let mut offset = 0u64;
+    // SAFETY: the buffer and output are live; the MU function checks bounds.
+    let rc = unsafe { f(bytes.as_ptr(), bytes.len() as u64, &mut offset, &mut out) };
+    if rc != 0 || offset != bytes.len() as u64 {
+        return Err(TpmError::Invalid(format!("bad {what} in the sealed blob")));
+    }
+    Ok(out)
+}
+
+pub(super) fn unmarshal_private(bytes: &[u8]) -> Result<TPM2B_PRIVATE, TpmError> {
+    unmarshal(bytes, Tss2_MU_TPM2B_PRIVATE_Unmarshal, "TPM2B_PRIVATE")
+}
+
+pub(super) fn unmarshal_public(bytes: &[u8]) -> Result<TPM2B_PUBLIC, TpmError> {
+    unmarshal(bytes, Tss2_MU_TPM2B_PUBLIC_Unmarshal, "TPM2B_PUBLIC")
+}
+
+pub(super) fn tpm2b_digest(bytes: &[u8]) -> Result<TPM2B_DIGEST, TpmError> {
+    let mut d = TPM2B_DIGEST {
+        size: 0,
+        buffer: [0u8; 64],
+    };
+    if bytes.len() > d.buffer.len() {
+        return Err(TpmError::Invalid("digest too long".into()));
+    }
+    d.size = bytes.len() as u16;
+    d.buffer[..bytes.len()].copy_from_slice(bytes);
+    Ok(d)
+}
+
+pub(super) fn tpm2b_auth(bytes: &[u8]) -> Result<TPM2B_AUTH, TpmError> {
+    tpm2b_digest(bytes)
+}
+
+pub(super) fn pcr_selection(bank: PcrBank, pcrs: &[u32]) -> TPML_PCR_SELECTION {
+    let mut sel = TPMS_PCR_SELECTION {
+        hash: bank.alg_id(),
+        sizeofSelect: 3,
+        pcrSelect: [0; 4],
+    };
+    for &i in pcrs {
+        sel.pcrSelect[(i / 8) as usize] |= 1 << (i % 8);
+    }
+    // SAFETY: plain data; all zeros is valid.
+    let mut list: TPML_PCR_SELECTION = unsafe { std::mem::zeroed() };
+    list.count = 1;
+    list.pcrSelections[0] = sel;
+    list
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn key_resource_matches_systemd_tpm2_srk_vector() {
+        // tokens-systemd.md §3.3: a tpm2_srk field written by systemd (= Esys_TR_Serialize).
+        let vector = base64::engine::general_purpose::STANDARD
+            .decode("gQAAAQAiAAv5sLge1GM24g8z8nGVwj63AzM3lF2hByQxbh7A0TfsJwAAAAEAWgAjAAsAAwRyAAAABgCAAEMAEAADABAAIFsbfkcs48O3R29GrqlI9KOrqZPkoXQQb6WcYwwN4NibACDM5iwqa8lnLk89PJ10t0O6cpBaKn3nEayvLDm/8KVV8w==")
+            .unwrap();
+        let public = &vector[4 + 2 + 34 + 4..];
+        assert_eq!(
+            serialized_key_resource(0x8100_0001, public).unwrap(),
+            vector
+        );
+    }
+
+    #[test]
+    fn selection_layout() {
+        let s = pcr_selection(PcrBank::Sha256, &[4, 9, 15]);
+        assert_eq!(s.count, 1);
+        assert_eq!(s.pcrSelections[0].hash, 0x000B);
+        assert_eq!(s.pcrSelections[0].pcrSelect, [0x10, 0x82, 0, 0]);
+    }
+}
