@@ -304,34 +304,50 @@ fn unseal_token(
     let Some(params) = &token.pin else {
         return Ok(a.tpm.get()?.unseal(&request(token, &pcrs, None))?);
     };
+    let pcrs = &pcrs;
+    Ok(unseal_with_pin(
+        a,
+        vol,
+        name,
+        &mut |esys: &mut Esys, pin: &Secret| {
+            let auth = pin::auth_value(pin, &params.salt, params.iterations);
+            esys.unseal(&request(token, pcrs, Some(&auth)))
+        },
+    )??)
+}
+
+/// Unseals with a PIN from the cache (one that served another volume), the PIN file,
+/// askpass or the terminal — up to PIN_TRIES times when asking. The outer error is a PIN
+/// that could not be read; the inner one what the TPM said (a wrong PIN after the tries).
+fn unseal_with_pin(
+    a: &mut Attempt<'_>,
+    vol: &Volume,
+    name: &str,
+    unseal: &mut dyn FnMut(&mut Esys, &Secret) -> std::result::Result<Secret, TpmError>,
+) -> Result<std::result::Result<Secret, TpmError>> {
     let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
         1
     } else {
         PIN_TRIES
     };
-    let mut last = Error::Tpm(TpmError::WrongPin);
     for attempt in 0..tries {
         let pin = match a.pin_cache.take() {
             Some(p) => p,
             None => read_pin(a.pin_file, a.askpass, vol, name)?,
         };
-        let auth = pin::auth_value(&pin, &params.salt, params.iterations);
-        match a.tpm.get()?.unseal(&request(token, &pcrs, Some(&auth))) {
+        match unseal(a.tpm.get()?, &pin) {
             Ok(s) => {
                 // The same PIN often serves several volumes: keep it for them.
                 *a.pin_cache = Some(pin);
-                return Ok(s);
+                return Ok(Ok(s));
             }
-            Err(TpmError::WrongPin) => {
-                if attempt + 1 < tries {
-                    console::error("wrong PIN, try again");
-                }
-                last = Error::Tpm(TpmError::WrongPin);
+            Err(TpmError::WrongPin) if attempt + 1 < tries => {
+                console::error("wrong PIN, try again");
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Ok(Err(e)),
         }
     }
-    Err(last)
+    Ok(Err(TpmError::WrongPin))
 }
 
 fn read_pin(
@@ -376,34 +392,14 @@ fn unlock_with_plan(
             .unseal(&plan_request(plan, None))
             .map_err(label)?
     } else {
-        let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
-            1
-        } else {
-            PIN_TRIES
-        };
-        let mut result = Err(Error::Tpm(TpmError::WrongPin));
-        for attempt in 0..tries {
-            let pin = match a.pin_cache.take() {
-                Some(p) => p,
-                None => read_pin(a.pin_file, a.askpass, vol, name)?,
-            };
-            let auth = plan.auth_value(&pin);
-            match a.tpm.get()?.unseal(&plan_request(plan, auth.as_ref())) {
-                Ok(s) => {
-                    *a.pin_cache = Some(pin);
-                    result = Ok(s);
-                    break;
-                }
-                Err(TpmError::WrongPin) => {
-                    if attempt + 1 < tries {
-                        console::error("wrong PIN, try again");
-                    }
-                    result = Err(Error::Tpm(TpmError::WrongPin));
-                }
-                Err(e) => return Err(label(e)),
-            }
-        }
-        result?
+        unseal_with_pin(a, vol, name, &mut |esys: &mut Esys, pin: &Secret| {
+            let auth = plan.auth_value(pin);
+            esys.unseal(&plan_request(plan, auth.as_ref()))
+        })?
+        .map_err(|e| match e {
+            TpmError::WrongPin => Error::Tpm(TpmError::WrongPin),
+            other => label(other),
+        })?
     };
     let passphrase = plan
         .passphrase(&secret)
