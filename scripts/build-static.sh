@@ -1,6 +1,7 @@
 #!/bin/bash
 # Builds sealroot as one fully static x86_64 binary: target/static/sealroot.
-# The C libraries come from scripts/static-deps.sh (built once, then cached).
+# The C libraries come from scripts/static-deps.sh (built once in a clean Debian 12 root,
+# then cached); the link runs here on the host against their prefix.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,7 +12,9 @@ PREFIX=$("$ROOT/scripts/static-deps.sh")
 
 # --- sealroot itself
 log "linking sealroot statically"
-export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig"
+# The prefix alone: no .pc file (hence no -L path) of the host's -dev packages.
+export PKG_CONFIG_LIBDIR="$PREFIX/lib/pkgconfig"
+export PKG_CONFIG_PATH=""
 export PKG_CONFIG_ALL_STATIC=1
 export SEALROOT_STATIC_PREFIX="$PREFIX"
 # --target keeps these flags away from build scripts and proc macros. Non-PIE: `file`

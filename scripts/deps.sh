@@ -7,7 +7,7 @@ pkgs=""
 for group in "$@"; do
     case "$group" in
         build) pkgs="$pkgs build-essential pkg-config libclang-dev libtss2-dev libcryptsetup-dev" ;;
-        static) pkgs="$pkgs autoconf automake libtool autoconf-archive autopoint gettext binutils file patch libmbedtls-dev libgcrypt20-dev libgpg-error-dev libjson-c-dev uuid-dev libpopt-dev" ;;
+        static) pkgs="$pkgs debootstrap file binutils" ;;
         test)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools clevis clevis-luks clevis-tpm2 systemd openssl" ;;
         e2e)   pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin debootstrap qemu-system-x86 ovmf python3-pexpect e2fsprogs" ;;
         demo)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools" ;;

@@ -11,7 +11,8 @@ set -euo pipefail
 FLAVOUR=${1:-initramfs-tools}
 CACHE=${SEALROOT_E2E_CACHE:-/var/cache/sealroot-e2e}
 SUITE=bookworm
-MIRROR=http://deb.debian.org/debian
+# The mirror this machine's apt uses (a local mirror works too).
+MIRROR=$("$(dirname "$0")/../../scripts/debian-mirror.sh")
 case "$FLAVOUR" in
 initramfs-tools)
     INCLUDE=linux-image-cloud-amd64,initramfs-tools,cryptsetup-initramfs,udev,kmod,e2fsprogs,procps
