@@ -105,6 +105,10 @@ pub enum Command {
         device: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Signature file for signed PCR policies, as for `unlock`
+        /// (default: tpm2-pcr-signature.json where systemd looks for it).
+        #[arg(long, value_name = "FILE")]
+        signature: Option<PathBuf>,
         #[command(flatten)]
         tcti: TctiArg,
     },

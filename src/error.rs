@@ -28,9 +28,9 @@ pub enum Error {
     Luks(#[from] LuksError),
     #[error("{0}")]
     Other(String),
-    /// A failure while trying one token of a volume.
-    #[error("token {id}: {source}")]
-    Token { id: u32, source: Box<Error> },
+    /// A failure while trying one token of a volume ("sealroot token 0").
+    #[error("{label}: {source}")]
+    Token { label: String, source: Box<Error> },
     /// A message of our own with the exit code of a TPM error (foreign tokens).
     #[error("{message}")]
     Coded { message: String, code: u8 },

@@ -1,7 +1,8 @@
 //! sealroot: unlock LUKS2 volumes at boot with a key sealed to the TPM.
 //!
 //! Layers, top to bottom: `cmd` (one verb each) joins `tpm` (knows no LUKS) and `luks`
-//! (knows no TPM) through `token` (the on-disk format); `secret` owns secret bytes.
+//! (knows no TPM) through `tokens` (the header formats, each read into one unseal plan);
+//! `secret` owns secret bytes.
 
 pub mod cmd;
 pub mod console;
@@ -11,6 +12,5 @@ pub mod luks;
 pub mod pin;
 pub mod recovery;
 pub mod secret;
-pub mod token;
 pub mod tokens;
 pub mod tpm;

@@ -36,7 +36,7 @@ fn quiet_tss_log() {
 fn init_logging() {
     // tss-esapi logs every failed TPM command at error level, including the expected ones
     // (an empty SRK handle, a PCR mismatch); sealroot reports what matters itself.
-    let env = env_logger::Env::new().filter_or("SEALROOT_LOG", "warn,tss_esapi=off");
+    let env = env_logger::Env::new().filter_or("SEALROOT_LOG", "warn");
     env_logger::Builder::from_env(env)
         .format_timestamp_micros()
         .format_target(false)
@@ -130,9 +130,15 @@ fn run(command: Command) -> u8 {
             }
             code
         }
-        Command::Status { device, json, tcti } => {
+        Command::Status {
+            device,
+            json,
+            signature,
+            tcti,
+        } => {
             match status::run(&status::StatusOptions {
                 device,
+                signature,
                 tcti: tcti.tcti,
             }) {
                 Ok(v) => {

@@ -137,18 +137,14 @@ fn clevis_sha1_bank_ecc() {
     let r = f.unlock_test(&["--no-fence"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Extend in the sha1 bank too: clevis' policy reads that one.
-    let mut ctx = f.tpm.context();
-    sealroot::tpm::pcr::extend_event(
-        &mut ctx,
+    f.tpm.extend_banks(
         7,
         &[
             sealroot::tpm::pcr::PcrBank::Sha1,
             sealroot::tpm::pcr::PcrBank::Sha256,
         ],
         b"changed",
-    )
-    .unwrap();
-    drop(ctx);
+    );
     assert_eq!(f.unlock_test(&["--no-fence"]).code, 5);
 }
 
@@ -226,6 +222,10 @@ fn systemd_signed_pcr11_policy_with_systemd_measure() {
     }
     f.tpm.extend(11, b"enter-initrd");
     let sig = signature.to_str().unwrap();
+    let image = f.image.to_str().unwrap();
+    // status checks the signature against the current PCR 11 in software, as the TPM will.
+    let s = f.run(&["status", image, "--signature", sig]);
+    assert!(s.stdout.contains("would unseal now: yes"), "{}", s.stdout);
     let r = f.unlock_test(&["--no-fence", "--signature", sig]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     // Leaving the initrd: no signature covers that value any more.
@@ -233,6 +233,41 @@ fn systemd_signed_pcr11_policy_with_systemd_measure() {
     let r = f.unlock_test(&["--no-fence", "--signature", sig]);
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(r.stderr.contains("no signature"), "{}", r.stderr);
+    let s = f.run(&["status", image, "--signature", sig]);
+    assert!(
+        s.stdout.contains(
+            "would unseal now: no, no valid signature approves the current sha256 PCR 11 value"
+        ),
+        "{}",
+        s.stdout
+    );
+}
+
+#[test]
+fn a_foreign_mismatch_names_only_the_pcr_that_changed() {
+    let f = Fixture::new();
+    f.tpm.extend(0, b"firmware");
+    f.tpm.extend(7, b"secure boot state");
+    systemd_enroll(&f, &["--tpm2-pcrs=0+7+14"], None);
+    f.tpm.extend(14, b"shim's MOK list changed");
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 5, "{}", r.stderr);
+    assert!(r.stderr.contains("sha256 PCR 14 differs"), "{}", r.stderr);
+    assert!(!r.stderr.contains("PCRs"), "{}", r.stderr);
+    let s = f.run(&["status", "--json", f.image.to_str().unwrap()]);
+    let v: serde_json::Value = serde_json::from_str(&s.stdout).unwrap();
+    assert_eq!(v["tokens"][0]["pcrs_differ"], serde_json::json!([14]));
+    assert_eq!(v["tokens"][0]["pcrs_differ_certain"], true);
+    // A PCR that changed from a value other than its reset value cannot be told apart:
+    // the message says so instead of guessing.
+    f.tpm.extend(7, b"dbx update");
+    let r = f.unlock_test(&["--no-fence"]);
+    assert!(
+        r.stderr
+            .contains("one or more of the sha256 PCRs 0, 7, 14 differ"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]

@@ -4,42 +4,39 @@
 mod common;
 
 use common::{Fixture, export_token};
-use sealroot::tpm::pcr::{PcrBank, selection_list};
-use sealroot::tpm::policy::{PolicySpec, pcr_values_digest};
-use tss_esapi::constants::SessionType;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::interface_types::session_handles::PolicySession;
-use tss_esapi::structures::{Digest, SymmetricDefinition};
+use sealroot::tpm::pcr::PcrBank;
+use sealroot::tpm::policy::PolicySpec;
 
+/// The policy digest tpm2-tools gets from the TPM in a trial session: PolicyPCR with the
+/// given values (concatenated in index order), then PolicyAuthValue with a PIN.
 fn trial_digest(f: &Fixture, bank: PcrBank, pcrs: &[(u32, Vec<u8>)], pin: bool) -> Vec<u8> {
-    let mut ctx = f.tpm.context();
-    let session = ctx
-        .start_auth_session(
-            None,
-            None,
-            None,
-            SessionType::Trial,
-            SymmetricDefinition::Null,
-            HashingAlgorithm::Sha256,
-        )
-        .unwrap()
-        .unwrap();
-    let policy = PolicySession::try_from(session).unwrap();
-    let indexes: Vec<u32> = pcrs.iter().map(|(i, _)| *i).collect();
+    let session = f.path("trial.ctx");
+    let policy = f.path("policy.bin");
+    let values = f.path("pcr-values.bin");
+    let (session, policy_s) = (session.to_str().unwrap(), policy.to_str().unwrap());
+    f.tpm.tools(&["tpm2_startauthsession", "-S", session]);
     if !pcrs.is_empty() {
-        ctx.policy_pcr(
-            policy,
-            Digest::try_from(pcr_values_digest(pcrs).to_vec()).unwrap(),
-            selection_list(bank, &indexes).unwrap(),
-        )
-        .unwrap();
+        let list: Vec<String> = pcrs.iter().map(|(i, _)| i.to_string()).collect();
+        let bytes: Vec<u8> = pcrs.iter().flat_map(|(_, v)| v.clone()).collect();
+        std::fs::write(&values, bytes).unwrap();
+        f.tpm.tools(&[
+            "tpm2_policypcr",
+            "-S",
+            session,
+            "-l",
+            &format!("{}:{}", bank.name(), list.join(",")),
+            "-f",
+            values.to_str().unwrap(),
+            "-L",
+            policy_s,
+        ]);
     }
     if pin {
-        ctx.policy_auth_value(policy).unwrap();
+        f.tpm
+            .tools(&["tpm2_policyauthvalue", "-S", session, "-L", policy_s]);
     }
-    let d = ctx.policy_get_digest(policy).unwrap().value().to_vec();
-    sealroot::tpm::session::flush(&mut ctx, session);
-    d
+    f.tpm.tools(&["tpm2_flushcontext", session]);
+    std::fs::read(&policy).unwrap()
 }
 
 #[test]
@@ -47,11 +44,8 @@ fn software_digest_matches_trial_session() {
     let f = Fixture::new();
     f.tpm.extend(7, b"some secure boot state");
     for bank in [PcrBank::Sha256, PcrBank::Sha1, PcrBank::Sha384] {
-        let now = {
-            let mut ctx = f.tpm.context();
-            sealroot::tpm::pcr::read(&mut ctx, bank, &[4, 7, 9]).unwrap()
-        };
-        let mut pcrs: Vec<(u32, Vec<u8>)> = now.into_iter().collect();
+        let mut pcrs: Vec<(u32, Vec<u8>)> =
+            [4, 7, 9].map(|i| (i, f.tpm.read_bank(bank, i))).to_vec();
         pcrs.push((15, vec![0u8; bank.digest_len()]));
         for pin in [false, true] {
             let software = PolicySpec {

@@ -3,20 +3,17 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
-
-use super::LazyTpm;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::luks::Volume;
 use crate::pin;
 use crate::recovery;
 use crate::secret::Secret;
-use crate::token::{PinParams, RECOVERY_TOKEN_TYPE, SealrootToken};
+use crate::tokens::passphrase_of;
+use crate::tokens::sealroot::{PinParams, RECOVERY_TOKEN_TYPE, SealrootToken};
+use crate::tpm::LazyTpm;
 use crate::tpm::pcr::{self, PcrBank};
 use crate::tpm::policy::PolicySpec;
-use crate::tpm::{seal, srk};
 
 pub struct EnrollOptions {
     pub device: PathBuf,
@@ -55,7 +52,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
 
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
     let ctx = tpm.get()?;
-    let srk = srk::get_or_create(ctx)?;
+    let srk = ctx.srk()?;
 
     let bound: Vec<u32> = o
         .pcrs
@@ -63,7 +60,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         .copied()
         .filter(|&p| Some(p) != o.fence_pcr)
         .collect();
-    let current = pcr::read(ctx, o.bank, &bound)?;
+    let current = ctx.pcr_read(o.bank, &bound)?;
     let mut pcrs: Vec<(u32, Vec<u8>)> = current.into_iter().collect();
     if let Some(f) = o.fence_pcr {
         // The fence PCR is expected at its reset value: it is extended right after the
@@ -97,7 +94,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
     .digest();
 
     let secret = Secret::random(32).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
-    let sealed = seal::seal(ctx, srk.handle, &secret, &policy, auth.as_ref())?;
+    let sealed = ctx.seal(&srk, &secret, &policy, auth.as_ref())?;
     let passphrase = passphrase_of(&secret);
 
     // From here on the header changes; each step undoes the previous one if it fails.
@@ -105,8 +102,8 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
     let token = SealrootToken {
         keyslot,
         sealed,
-        srk_handle: srk::SRK_HANDLE,
-        srk_public: srk.public_bytes()?,
+        srk_handle: srk.handle,
+        srk_public: srk.public,
         bank: o.bank,
         pcrs,
         policy_digest: policy,
@@ -131,17 +128,6 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         keyslot,
         recovery_keyslot,
     })
-}
-
-/// The LUKS passphrase of a sealed secret: its standard base64 (as systemd does), so the
-/// keyslot passphrase is printable and the same derivation serves foreign tokens.
-pub fn passphrase_of(secret: &Secret) -> Secret {
-    let mut out = Secret::zeroed(secret.len().div_ceil(3) * 4);
-    let n = B64
-        .encode_slice(secret.expose(), out.expose_mut())
-        .unwrap_or(0);
-    out.truncate(n);
-    out
 }
 
 fn read_new_pin(o: &EnrollOptions) -> Result<Secret> {

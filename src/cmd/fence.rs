@@ -1,8 +1,8 @@
 //! `sealroot fence`: extend the fence PCR on its own, for boot hooks that found nothing to
 //! unlock or are about to show a prompt.
 
-use super::LazyEsys;
 use crate::error::Result;
+use crate::tpm::LazyTpm;
 use crate::tpm::fence;
 
 pub struct FenceOptions {
@@ -11,7 +11,7 @@ pub struct FenceOptions {
 }
 
 pub fn run(o: &FenceOptions) -> Result<()> {
-    let mut tpm = LazyEsys::new(o.tcti.as_deref());
+    let mut tpm = LazyTpm::new(o.tcti.as_deref());
     tpm.get()?.pcr_event(o.pcr, &fence::event(&[]))?;
     Ok(())
 }

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use crate::error::{Error, Result};
 use crate::luks::Volume;
-use crate::token::{TOKEN_TYPE, token_keyslots, token_type};
+use crate::tokens::sealroot::TOKEN_TYPE;
+use crate::tokens::{token_keyslots, token_type};
 
 pub struct RemoveOptions {
     pub device: PathBuf,

@@ -4,16 +4,15 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use super::LazyTpm;
 use crate::error::Result;
 use crate::luks::Volume;
-use crate::token::{SealrootToken, TOKEN_TYPE, token_keyslots, token_type};
-use crate::tokens::{ForeignPlan, clevis, systemd};
-use crate::tpm::pcr;
-use crate::tpm::policy::foreign_policy;
+use crate::tokens::{self, PolicyCheck, UnsealPlan, token_keyslots, token_type};
+use crate::tpm::LazyTpm;
 
 pub struct StatusOptions {
     pub device: PathBuf,
+    /// Signature file for signed PCR policies (else the token's tool's usual places).
+    pub signature: Option<PathBuf>,
     pub tcti: Option<String>,
 }
 
@@ -28,104 +27,79 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
         .collect();
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
     let mut tpm_error: Option<String> = None;
-    let mut tokens = Vec::new();
+    let mut out = Vec::new();
     for entry in vol.tokens()? {
-        let kind = token_type(&entry.json).to_string();
         let mut t = json!({
             "id": entry.id,
-            "type": kind,
+            "type": token_type(&entry.json),
             "keyslots": token_keyslots(&entry.json),
         });
-        if kind == TOKEN_TYPE {
-            match SealrootToken::from_json(entry.id, &entry.json) {
-                Err(e) => t["error"] = json!(e.to_string()),
-                Ok(token) => describe(&mut t, &token, &mut tpm, &mut tpm_error),
-            }
-        } else if kind == systemd::TOKEN_TYPE || kind == clevis::TOKEN_TYPE {
-            let planned = if kind == systemd::TOKEN_TYPE {
-                systemd::plan(entry.id, &entry.json)
-            } else {
-                clevis::plan(entry.id, &entry.json)
-            };
-            match planned {
-                Err(e) => t["error"] = json!(e.to_string()),
-                Ok(plan) => describe_foreign(&mut t, &plan, &mut tpm, &mut tpm_error),
+        match tokens::plan(entry.id, &entry.json) {
+            None => {}
+            Some(Err(e)) => t["error"] = json!(e.to_string()),
+            Some(Ok(mut plan)) => {
+                plan.load_signatures(o.signature.as_ref());
+                describe(&mut t, &plan, &mut tpm, &mut tpm_error);
             }
         }
-        tokens.push(t);
+        out.push(t);
     }
     Ok(json!({
         "device": o.device.display().to_string(),
         "uuid": uuid,
         "keyslots": keyslots,
-        "tokens": tokens,
+        "tokens": out,
         "tpm_error": tpm_error,
     }))
 }
 
-fn describe(
-    t: &mut Value,
-    token: &SealrootToken,
-    tpm: &mut LazyTpm,
-    tpm_error: &mut Option<String>,
-) {
-    t["bank"] = json!(token.bank.name());
-    t["pcrs"] = json!(token.pcr_indexes());
-    t["fence_pcr"] = json!(token.fence_pcr);
-    t["pin"] = json!(token.pin.is_some());
-    let current = tpm
-        .get()
-        .and_then(|ctx| pcr::read(ctx, token.bank, &token.pcr_indexes()));
-    match current {
-        Err(e) => {
-            *tpm_error = Some(e.to_string());
-        }
-        Ok(values) => {
-            let mut checks = Vec::new();
-            let mut differ = Vec::new();
-            for (i, expected) in &token.pcrs {
-                let now = values.get(i);
-                let matches = now == Some(expected);
-                if !matches {
-                    differ.push(*i);
-                }
-                checks.push(json!({
-                    "pcr": i,
-                    "expected": hex::encode(expected),
-                    "current": now.map(hex::encode),
-                    "matches": matches,
-                    "fence": Some(*i) == token.fence_pcr,
-                }));
-            }
-            t["pcr_check"] = json!(checks);
-            t["pcrs_differ"] = json!(differ);
-        }
-    }
-}
-
-/// Foreign tokens record no PCR values, only the policy: compare it with the one the
-/// current values give (systemd literal and clevis policies are PolicyPCR [+ AuthValue]).
-fn describe_foreign(
-    t: &mut Value,
-    plan: &ForeignPlan,
-    tpm: &mut LazyTpm,
-    tpm_error: &mut Option<String>,
-) {
+/// What the token binds, and whether the TPM would unseal it now: the plan checked against
+/// the current PCRs in software, the same check `unlock` leaves to the TPM.
+fn describe(t: &mut Value, plan: &UnsealPlan, tpm: &mut LazyTpm, tpm_error: &mut Option<String>) {
     t["bank"] = json!(plan.bank.name());
     t["pcrs"] = json!(plan.pcrs);
-    t["fence_pcr"] = Value::Null;
+    t["fence_pcr"] = json!(plan.fence_pcr);
     t["pin"] = json!(plan.pin.is_some());
-    match tpm
-        .get()
-        .and_then(|ctx| pcr::read(ctx, plan.bank, &plan.pcrs))
-    {
-        Err(e) => *tpm_error = Some(e.to_string()),
-        Ok(values) => {
-            let pcrs: Vec<(u32, Vec<u8>)> = values.into_iter().collect();
-            let now = foreign_policy(plan.session_hash, plan.bank, &pcrs, plan.pin.is_some());
-            let matches = plan.expected_policy.as_deref() == Some(now.as_slice());
-            t["policy_matches"] = json!(matches);
+    if let Some(signed) = &plan.signed {
+        t["signed_pcrs"] = json!(signed.pcrs);
+        t["signatures"] = json!(signed.signatures.len());
+    }
+    let current = match tpm.get().and_then(|ctx| plan.current_pcrs(ctx)) {
+        Ok(c) => c,
+        Err(e) => {
+            *tpm_error = Some(e.to_string());
+            return;
         }
+    };
+    if let Some(expected) = &plan.pcr_values {
+        let checks: Vec<Value> = expected
+            .iter()
+            .map(|(i, v)| {
+                let now = current.get(&(plan.bank, *i));
+                json!({
+                    "pcr": i,
+                    "expected": hex::encode(v),
+                    "current": now.map(hex::encode),
+                    "matches": now == Some(v),
+                    "fence": Some(*i) == plan.fence_pcr,
+                })
+            })
+            .collect();
+        t["pcr_check"] = json!(checks);
+    }
+    let check = plan.check(&current);
+    t["would_unseal"] = json!(check == PolicyCheck::Satisfied);
+    let (differ, certain) = match &check {
+        PolicyCheck::Differ { pcrs, certain } => (pcrs.clone(), *certain),
+        _ => (Vec::new(), true),
+    };
+    t["pcrs_differ"] = json!(differ);
+    t["pcrs_differ_certain"] = json!(certain);
+    if let PolicyCheck::Unapproved { pcrs } = &check {
+        t["unapproved_pcrs"] = json!(pcrs);
+    }
+    if check != PolicyCheck::Satisfied {
+        t["reason"] = json!(plan.explain(&check));
     }
 }
 
@@ -195,35 +169,19 @@ pub fn render_text(s: &Value) -> String {
         }
         if let Some(p) = t.get("signed_pcrs") {
             out += &format!(
-                "  signed PCR policy over PCRs {p}: unseals when a signature file has a signature for their values\n"
+                "  signed PCR policy over PCRs {p}: {} valid signature(s) for this key\n",
+                get(t, "signatures")
             );
         }
-        if let Some(m) = get(t, "policy_matches").as_bool() {
-            out += &format!(
-                "  would unseal now: {}\n",
-                if m {
-                    "yes".to_string()
-                } else {
-                    format!(
-                        "no, the PCR policy does not match the current {} values",
-                        get(t, "bank").as_str().unwrap_or("?")
-                    )
-                }
-            );
-        }
-        match get(t, "pcrs_differ").as_array() {
-            Some(d) if d.is_empty() => out += "  would unseal now: yes\n",
-            Some(d) => {
-                let list: Vec<String> = d.iter().map(Value::to_string).collect();
-                let (noun, verb) = if d.len() == 1 {
-                    ("PCR", "differs")
-                } else {
-                    ("PCRs", "differ")
-                };
+        match get(t, "would_unseal").as_bool() {
+            Some(true) => out += "  would unseal now: yes\n",
+            Some(false) => {
                 out += &format!(
-                    "  would unseal now: no, {noun} {} {verb}\n",
-                    list.join(", ")
-                );
+                    "  would unseal now: no, {}\n",
+                    get(t, "reason")
+                        .as_str()
+                        .unwrap_or("the policy does not match")
+                )
             }
             None => {}
         }

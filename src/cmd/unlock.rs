@@ -3,20 +3,14 @@
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 
-use super::LazyEsys;
-use super::enroll::passphrase_of;
 use crate::console;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::luks::{LuksError, Volume};
-use crate::pin;
 use crate::secret::Secret;
-use crate::token::{SealrootToken, TOKEN_TYPE, token_type};
-use crate::tokens::{ForeignPlan, ParentSpec, clevis, systemd};
-use crate::tpm::TpmError;
-use crate::tpm::esys::{Esys, Parent, Unseal};
+use crate::tokens::{self, UnsealPlan, sealroot};
 use crate::tpm::fence::{self, DEFAULT_FENCE_PCR};
-use crate::tpm::pcr::PcrBank;
+use crate::tpm::{LazyTpm, Tpm, TpmError};
 
 /// PIN attempts on a terminal before giving up on a token.
 const PIN_TRIES: usize = 3;
@@ -42,7 +36,7 @@ pub struct UnlockReport {
 }
 
 pub fn run(o: &UnlockOptions) -> UnlockReport {
-    let mut tpm = LazyEsys::new(o.tcti.as_deref());
+    let mut tpm = LazyTpm::new(o.tcti.as_deref());
     let mut pin_cache: Option<Secret> = None;
     let mut measurements = Vec::new();
     let mut fence_pcrs = BTreeSet::new();
@@ -107,7 +101,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
 }
 
 struct Attempt<'a> {
-    tpm: &'a mut LazyEsys,
+    tpm: &'a mut LazyTpm,
     pin_file: Option<&'a PathBuf>,
     askpass: Option<&'a PathBuf>,
     signature: Option<&'a PathBuf>,
@@ -129,69 +123,50 @@ fn unlock_volume(
     log::debug!("{}: LUKS2 header loaded", device.display());
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
-    let entries = vol.tokens().map_err(|e| fail(e.into()))?;
-    let ours: Vec<_> = entries
-        .iter()
-        .filter(|t| token_type(&t.json) == TOKEN_TYPE)
+    let mut entries: Vec<_> = vol
+        .tokens()
+        .map_err(|e| fail(e.into()))?
+        .into_iter()
+        .filter_map(|t| Some((t.id, tokens::plan(t.id, &t.json)?)))
         .collect();
-    // Then, in token order, what systemd-cryptenroll and clevis enrolled.
-    let foreign: Vec<_> = entries
-        .iter()
-        .filter(|t| {
-            matches!(
-                token_type(&t.json),
-                systemd::TOKEN_TYPE | clevis::TOKEN_TYPE
-            )
-        })
-        .collect();
-    if ours.is_empty() && foreign.is_empty() {
+    // sealroot's own tokens first, then what systemd-cryptenroll and clevis enrolled, each
+    // group in token order.
+    entries.sort_by_key(|(id, plan)| {
+        let kind = plan.as_ref().map_or(sealroot::TOKEN_TYPE, |p| p.kind);
+        (tokens::unlock_order(kind), *id)
+    });
+    if entries.is_empty() {
         return Err(fail(Error::NoUsableToken(format!(
             "no sealroot, systemd-tpm2 or clevis token on {}; enroll one with `sealroot enroll`, or use `sealroot recover`",
             device.display()
         ))));
     }
     let mut best: Option<Error> = None;
-    for entry in ours {
-        let attempt = SealrootToken::from_json(entry.id, &entry.json)
-            .map_err(|e| {
-                Error::NoUsableToken(format!("{e}; use `sealroot recover`, then re-enroll"))
-            })
-            .and_then(|token| {
-                *a.saw_token = true;
-                if let Some(f) = token.fence_pcr {
-                    a.fence_pcrs.insert(f);
+    let count = entries.len();
+    for (n, (id, planned)) in entries.into_iter().enumerate() {
+        let attempt = planned
+            .map_err(|e| Error::NoUsableToken(e.to_string()))
+            .and_then(|mut plan| {
+                if plan.kind == sealroot::TOKEN_TYPE {
+                    *a.saw_token = true;
+                    if let Some(f) = plan.fence_pcr {
+                        a.fence_pcrs.insert(f);
+                    }
                 }
-                unlock_with_token(a, &mut vol, &token, name, test).map_err(|e| Error::Token {
-                    id: entry.id,
+                plan.load_signatures(a.signature);
+                unlock_with_plan(a, &mut vol, &plan, name, test).map_err(|e| Error::Token {
+                    label: plan.label(),
                     source: Box::new(e),
                 })
             });
         match attempt {
             Ok(vk) => return Ok((uuid, vk)),
             Err(e) => {
-                log::info!("{}: {e}", device.display());
-                if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
-                    best = Some(e);
+                log::info!("{}: {e} (token {id})", device.display());
+                // Said now when another token follows; the last failure is the verdict.
+                if n + 1 < count {
+                    console::progress(&format!("{}: {e}", device.display()));
                 }
-            }
-        }
-    }
-    for entry in foreign {
-        let planned = match token_type(&entry.json) {
-            systemd::TOKEN_TYPE => systemd::plan(entry.id, &entry.json),
-            _ => clevis::plan(entry.id, &entry.json),
-        };
-        let attempt = planned
-            .map_err(|e| Error::NoUsableToken(e.to_string()))
-            .map(|mut plan| {
-                add_signatures(&mut plan, a.signature);
-                plan
-            })
-            .and_then(|plan| unlock_with_plan(a, &mut vol, &plan, name, test));
-        match attempt {
-            Ok(vk) => return Ok((uuid, vk)),
-            Err(e) => {
-                console::progress(&format!("{}: {e}", device.display()));
                 if best.as_ref().is_none_or(|b| e.rank() > b.rank()) {
                     best = Some(e);
                 }
@@ -203,37 +178,49 @@ fn unlock_volume(
     })))
 }
 
-fn unlock_with_token(
+/// Unseals as the plan says (asking for a PIN if it needs one), turns the bytes into the
+/// passphrase the way the token's tool does, opens the keyslot, activates.
+fn unlock_with_plan(
     a: &mut Attempt<'_>,
     vol: &mut Volume,
-    token: &SealrootToken,
+    plan: &UnsealPlan,
     name: &str,
     test: bool,
 ) -> Result<Secret> {
     a.tpm.get()?;
     log::debug!("TPM open");
-    let secret = unseal_token(a, vol, token, name).map_err(|e| match e {
-        Error::Tpm(TpmError::PolicyMismatch { .. }) => match a.tpm.get() {
-            Ok(ctx) => Error::Tpm(TpmError::PolicyMismatch {
-                detail: mismatch_detail(ctx, token),
-            }),
-            Err(_) => e,
+    let unsealed = if plan.pin.is_none() {
+        a.tpm.get()?.unseal(&plan.request(None))
+    } else {
+        unseal_with_pin(a, vol, name, &mut |tpm: &mut Tpm, pin: &Secret| {
+            let auth = plan.auth_value(pin);
+            tpm.unseal(&plan.request(auth.as_ref()))
+        })?
+    };
+    let secret = unsealed.map_err(|e| match e {
+        TpmError::PolicyMismatch { detail } if detail.is_empty() => TpmError::PolicyMismatch {
+            detail: a
+                .tpm
+                .get()
+                .map_or(String::new(), |tpm| mismatch_detail(tpm, plan)),
         },
         other => other,
     })?;
     log::debug!("token unsealed");
-    let passphrase = passphrase_of(&secret);
+    let passphrase = plan
+        .passphrase(&secret)
+        .map_err(|e| Error::NoUsableToken(e.to_string()))?;
     drop(secret);
     let (_, volume_key) = vol
-        .volume_key(Some(token.keyslot), passphrase.expose())
+        .volume_key(Some(plan.keyslot), passphrase.expose())
         .map_err(|e| match e {
             LuksError::WrongPassphrase { .. } => Error::NoUsableToken(format!(
                 "the unsealed key does not open keyslot {} (token and keyslot out of sync); use `sealroot recover`, then re-enroll",
-                token.keyslot
+                plan.keyslot
             )),
             other => other.into(),
         })?;
-    log::debug!("keyslot {} opened", token.keyslot);
+    log::debug!("keyslot {} opened", plan.keyslot);
     if !test {
         vol.activate(name, &volume_key)?;
         log::debug!("{name} activated");
@@ -241,79 +228,13 @@ fn unlock_with_token(
     Ok(volume_key)
 }
 
-/// Names the PCRs that differ from the token (read only on this failure path, so a normal
-/// unlock sends no extra commands).
-fn mismatch_detail(ctx: &mut Esys, token: &SealrootToken) -> String {
-    let Ok(now) = ctx.pcr_read(token.bank, &token.pcr_indexes()) else {
-        return String::new();
-    };
-    let differ: Vec<u32> = token
-        .pcrs
-        .iter()
-        .filter(|(i, v)| now.get(i) != Some(v))
-        .map(|(i, _)| *i)
-        .collect();
-    let fence = token.fence_pcr.filter(|f| differ.contains(f));
-    let others: Vec<String> = differ
-        .iter()
-        .filter(|&&i| Some(i) != fence)
-        .map(u32::to_string)
-        .collect();
-    match (others.len(), fence) {
-        (0, Some(f)) => format!(
-            "fence PCR {f} is already extended: this boot has unlocked once; reboot to unlock with the TPM again, or use `sealroot recover`"
-        ),
-        (0, None) => String::new(),
-        (n, _) => format!(
-            "{} {} {} {} since enrollment; use `sealroot recover`, then re-enroll",
-            token.bank,
-            if n == 1 { "PCR" } else { "PCRs" },
-            others.join(", "),
-            if n == 1 { "differs" } else { "differ" }
-        ),
+/// Names the PCRs that differ (read only on this failure path, so a normal unlock sends
+/// no extra commands).
+fn mismatch_detail(tpm: &mut Tpm, plan: &UnsealPlan) -> String {
+    match plan.current_pcrs(tpm) {
+        Ok(now) => plan.explain(&plan.check(&now)),
+        Err(_) => String::new(),
     }
-}
-
-fn unseal_token(
-    a: &mut Attempt<'_>,
-    vol: &Volume,
-    token: &SealrootToken,
-    name: &str,
-) -> Result<Secret> {
-    let pcrs = token.pcr_indexes();
-    fn request<'r>(
-        token: &'r SealrootToken,
-        pcrs: &'r [u32],
-        auth: Option<&'r Secret>,
-    ) -> Unseal<'r> {
-        Unseal {
-            parent: Parent::Recorded {
-                handle: token.srk_handle,
-                public: &token.srk_public,
-            },
-            object: &token.sealed,
-            session_hash: PcrBank::Sha256,
-            bank: token.bank,
-            pcrs,
-            expected_pcr_digest: Some(token.expected_pcr_digest().to_vec()),
-            expected_policy: None,
-            signed: None,
-            auth,
-        }
-    }
-    let Some(params) = &token.pin else {
-        return Ok(a.tpm.get()?.unseal(&request(token, &pcrs, None))?);
-    };
-    let pcrs = &pcrs;
-    Ok(unseal_with_pin(
-        a,
-        vol,
-        name,
-        &mut |esys: &mut Esys, pin: &Secret| {
-            let auth = pin::auth_value(pin, &params.salt, params.iterations);
-            esys.unseal(&request(token, pcrs, Some(&auth)))
-        },
-    )??)
 }
 
 /// Unseals with a PIN from the cache (one that served another volume), the PIN file,
@@ -323,7 +244,7 @@ fn unseal_with_pin(
     a: &mut Attempt<'_>,
     vol: &Volume,
     name: &str,
-    unseal: &mut dyn FnMut(&mut Esys, &Secret) -> std::result::Result<Secret, TpmError>,
+    unseal: &mut dyn FnMut(&mut Tpm, &Secret) -> std::result::Result<Secret, TpmError>,
 ) -> Result<std::result::Result<Secret, TpmError>> {
     let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
         1
@@ -362,103 +283,5 @@ fn read_pin(
         (None, Some(prog)) => input::read_askpass(prog, &prompt),
         (None, None) if input::terminal_available() => input::read_terminal(&prompt),
         (None, None) => Err(Error::Tpm(TpmError::PinNeeded)),
-    }
-}
-
-/// A systemd-tpm2 or clevis token: unseal as the plan says, turn the bytes into the
-/// passphrase the way that tool does, open the keyslot.
-fn unlock_with_plan(
-    a: &mut Attempt<'_>,
-    vol: &mut Volume,
-    plan: &ForeignPlan,
-    name: &str,
-    test: bool,
-) -> Result<Secret> {
-    let label = |e: TpmError| -> Error {
-        let e = match e {
-            TpmError::PolicyMismatch { detail } if detail.is_empty() => TpmError::PolicyMismatch {
-                detail: format!(
-                    "the {} PCRs {:?} differ from enrollment; use `sealroot recover`",
-                    plan.bank, plan.pcrs
-                ),
-            },
-            other => other,
-        };
-        Error::NoUsableToken(format!("{} token {}: {e}", plan.kind, plan.id)).with_code_of(e)
-    };
-    let secret = if plan.pin.is_none() {
-        a.tpm
-            .get()?
-            .unseal(&plan_request(plan, None))
-            .map_err(label)?
-    } else {
-        unseal_with_pin(a, vol, name, &mut |esys: &mut Esys, pin: &Secret| {
-            let auth = plan.auth_value(pin);
-            esys.unseal(&plan_request(plan, auth.as_ref()))
-        })?
-        .map_err(|e| match e {
-            TpmError::WrongPin => Error::Tpm(TpmError::WrongPin),
-            other => label(other),
-        })?
-    };
-    let passphrase = plan
-        .passphrase(&secret)
-        .map_err(|e| Error::NoUsableToken(e.to_string()))?;
-    drop(secret);
-    let (_, volume_key) = vol
-        .volume_key(Some(plan.keyslot), passphrase.expose())
-        .map_err(|e| match e {
-            LuksError::WrongPassphrase { .. } => Error::NoUsableToken(format!(
-                "{} token {}: the recovered passphrase does not open keyslot {}",
-                plan.kind, plan.id, plan.keyslot
-            )),
-            other => other.into(),
-        })?;
-    if !test {
-        vol.activate(name, &volume_key)?;
-    }
-    Ok(volume_key)
-}
-
-fn plan_request<'r>(plan: &'r ForeignPlan, auth: Option<&'r Secret>) -> Unseal<'r> {
-    Unseal {
-        parent: match &plan.parent {
-            ParentSpec::Serialized(b) => Parent::Serialized(b),
-            ParentSpec::Primary(t) => Parent::Primary(t),
-        },
-        object: &plan.sealed,
-        session_hash: plan.session_hash,
-        bank: plan.bank,
-        pcrs: &plan.pcrs,
-        expected_pcr_digest: None,
-        expected_policy: plan.expected_policy.as_deref(),
-        signed: plan.signed.as_ref(),
-        auth,
-    }
-}
-
-/// Signed PCR policies: the signatures come from `--signature`, else from where systemd
-/// looks (`tpm2-pcr-signature.json` in /etc/systemd, /run/systemd, /usr/local/lib/systemd,
-/// /usr/lib/systemd, and /.extra in the initrd).
-fn add_signatures(plan: &mut ForeignPlan, explicit: Option<&PathBuf>) {
-    if plan.signed.is_none() {
-        return;
-    }
-    let paths = match explicit {
-        Some(p) => vec![p.clone()],
-        None => systemd::signature_paths(),
-    };
-    let mut found = Vec::new();
-    for path in paths {
-        let Ok(text) = std::fs::read(&path) else {
-            continue;
-        };
-        match serde_json::from_slice::<serde_json::Value>(&text) {
-            Ok(json) => found.extend(systemd::signatures_for(&json, plan)),
-            Err(e) => console::error(&format!("{}: not JSON ({e}); ignored", path.display())),
-        }
-    }
-    if let Some(signed) = plan.signed.as_mut() {
-        signed.signatures = found;
     }
 }

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::Value;
 use zeroize::Zeroize;
 
-use super::{Finish, ForeignError, ForeignPlan, ParentSpec, primary_template, single_keyslot};
+use super::{Finish, ParentSpec, PlanError, UnsealPlan, primary_template, single_keyslot};
 use crate::secret::Secret;
 use crate::tpm::pcr::{PcrBank, parse_pcr_list};
 use crate::tpm::seal::SealedObject;
@@ -105,20 +105,16 @@ impl Sss {
     }
 }
 
-pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
-    let bad = |reason: String| ForeignError {
-        kind: TOKEN_TYPE,
-        id,
-        reason,
-    };
+pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
+    let bad = |reason: String| PlanError(format!("{TOKEN_TYPE} token {id}: {reason}"));
     let keyslot = single_keyslot(json).ok_or_else(|| bad("expected exactly one keyslot".into()))?;
     let jwe = json.get("jwe").ok_or_else(|| bad("no jwe".into()))?;
-    let member = |name: &str| -> Result<&str, ForeignError> {
+    let member = |name: &str| -> Result<&str, PlanError> {
         jwe.get(name)
             .and_then(Value::as_str)
             .ok_or_else(|| bad(format!("jwe.{name} is missing")))
     };
-    let b64 = |name: &str| -> Result<Vec<u8>, ForeignError> {
+    let b64 = |name: &str| -> Result<Vec<u8>, PlanError> {
         B64URL
             .decode(member(name)?)
             .map_err(|_| bad(format!("jwe.{name} is not base64url")))
@@ -216,7 +212,7 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
     }
     // clevis 19 writes sha1 when pcr_ids is given without a bank.
     let bank: PcrBank = text("pcr_bank").unwrap_or("sha1").parse().map_err(bad)?;
-    let decode = |name: &str| -> Result<Vec<u8>, ForeignError> {
+    let decode = |name: &str| -> Result<Vec<u8>, PlanError> {
         B64URL
             .decode(text(name).ok_or_else(|| bad(format!("{name} is missing")))?)
             .map_err(|_| bad(format!("{name} is not base64url")))
@@ -225,7 +221,7 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
     blob.extend_from_slice(&decode("jwk_pub")?);
     let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
     let policy = sealed.auth_policy().map_err(|e| bad(e.to_string()))?;
-    Ok(ForeignPlan {
+    Ok(UnsealPlan {
         kind: TOKEN_TYPE,
         id,
         keyslot,
@@ -234,11 +230,12 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
         session_hash: hash,
         bank,
         pcrs,
+        pcr_values: None,
         expected_policy: Some(policy),
         pin: None,
         finish,
         signed: None,
-        signature_pkfp: None,
+        fence_pcr: None,
     })
 }
 

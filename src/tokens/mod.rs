@@ -1,39 +1,51 @@
-//! Tokens written by other tools, read into one plan: what to load under which parent,
-//! which policy to satisfy, and how the unsealed bytes become the keyslot passphrase.
-//! Anything a format allows that is not implemented fails closed with a clear message, so
-//! the next token (or the passphrase prompt) is tried.
+//! LUKS2 tokens, each kind read into the same `UnsealPlan`: what to load under which
+//! parent, which policy to satisfy, how a PIN becomes the authValue, how the unsealed bytes
+//! become the keyslot passphrase, which keyslot. `unlock` runs plans; `status` checks them
+//! against the current PCRs without unsealing. Token-format knowledge lives only in the
+//! file of its kind. Anything a format allows that is not implemented fails closed with a
+//! clear message, so the next token (or the passphrase prompt) is tried.
 
 pub mod clevis;
+pub mod sealroot;
 pub mod systemd;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde_json::Value;
 
 use crate::secret::Secret;
 use crate::tpm::pcr::PcrBank;
+use crate::tpm::policy::PolicyBuilder;
 use crate::tpm::seal::SealedObject;
+use crate::tpm::unseal::{Parent, SignedPolicy, Unseal};
+use crate::tpm::{Tpm, TpmError};
 
+/// Why a token cannot be planned: the whole message, naming the token and what to do.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind} token {id}: {reason}")]
-pub struct ForeignError {
-    pub kind: &'static str,
-    pub id: u32,
-    pub reason: String,
-}
+#[error("{0}")]
+pub struct PlanError(pub String);
 
 pub enum ParentSpec {
-    /// A serialized ESYS_TR of a persistent key.
+    /// A persistent key and its TPM2B_PUBLIC as recorded at enrollment (sealroot).
+    Recorded { handle: u32, public: Vec<u8> },
+    /// A serialized ESYS_TR of a persistent key (systemd's `tpm2_srk`).
     Serialized(Vec<u8>),
     /// A TPMT_PUBLIC template for CreatePrimary under the owner hierarchy.
     Primary(Vec<u8>),
 }
 
 pub enum PinDerivation {
-    /// systemd ≥ 253: salted, stretched (same as sealroot's own).
+    /// sealroot, systemd ≥ 253: salted and stretched (`pin::auth_value`).
     Salted { salt: Vec<u8>, iterations: u32 },
     /// systemd 251–252: SHA-256 of the PIN.
     Sha256,
 }
 
 pub enum Finish {
-    /// systemd: the passphrase is the base64 of the unsealed bytes.
+    /// sealroot, systemd: the passphrase is the base64 of the unsealed bytes.
     Base64,
     /// clevis: the unsealed bytes are a JWK that decrypts this JWE (dir + A256GCM).
     Jwe(clevis::Jwe),
@@ -41,25 +53,46 @@ pub enum Finish {
     Sss(clevis::Sss),
 }
 
-pub struct ForeignPlan {
+pub struct UnsealPlan {
     pub kind: &'static str,
     pub id: u32,
     pub keyslot: u32,
     pub sealed: SealedObject,
     pub parent: ParentSpec,
+    /// Hash of the policy session (the sealed object's name algorithm for clevis' sha1).
     pub session_hash: PcrBank,
     pub bank: PcrBank,
+    /// PCRs of the literal PolicyPCR (none: no such assertion).
     pub pcrs: Vec<u32>,
+    /// Their expected values, when the token records them (sealroot): the TPM checks them
+    /// at PolicyPCR, and a mismatch names exactly the PCRs that differ.
+    pub pcr_values: Option<Vec<(u32, Vec<u8>)>>,
+    /// The policy digest the object carries, compared in the session before Unseal so a
+    /// mismatch never reaches the dictionary-attack counter (tokens without PCR values).
     pub expected_policy: Option<Vec<u8>>,
     pub pin: Option<PinDerivation>,
     pub finish: Finish,
-    /// systemd's signed PCR policy; its signatures are filled in at unlock time.
-    pub signed: Option<crate::tpm::esys::SignedPolicy>,
-    /// SHA-256 of the signing key's PKCS#1 DER, to pick entries from signature files.
-    pub signature_pkfp: Option<Vec<u8>>,
+    /// A signed PCR policy (PolicyAuthorize); its approvals are added by
+    /// `load_signatures`.
+    pub signed: Option<SignedPolicy>,
+    /// The fence PCR the token declares (sealroot), expected at its reset value.
+    pub fence_pcr: Option<u32>,
 }
 
-impl ForeignPlan {
+/// How the current PCR values compare with a plan's policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicyCheck {
+    /// The TPM would accept the policy now (a PIN aside).
+    Satisfied,
+    /// These PCRs differ from the values sealed to. `certain` is false when the token
+    /// records only a digest and no single small change explains it: then `pcrs` is every
+    /// bound PCR, one or more of which differ.
+    Differ { pcrs: Vec<u32>, certain: bool },
+    /// No valid approval for the current values of these signed PCRs.
+    Unapproved { pcrs: Vec<u32> },
+}
+
+impl UnsealPlan {
     pub fn auth_value(&self, pin: &Secret) -> Option<Secret> {
         use sha2::{Digest, Sha256};
         Some(match self.pin.as_ref()? {
@@ -75,26 +108,290 @@ impl ForeignPlan {
     }
 
     /// The keyslot passphrase from the unsealed bytes.
-    pub fn passphrase(&self, unsealed: &Secret) -> Result<Secret, ForeignError> {
+    pub fn passphrase(&self, unsealed: &Secret) -> Result<Secret, PlanError> {
         let result = match &self.finish {
-            Finish::Base64 => Ok(crate::cmd::enroll::passphrase_of(unsealed)),
+            Finish::Base64 => Ok(passphrase_of(unsealed)),
             Finish::Jwe(jwe) => jwe.decrypt(unsealed),
             Finish::Sss(sss) => sss.decrypt(unsealed),
         };
-        result.map_err(|reason| ForeignError {
-            kind: self.kind,
-            id: self.id,
-            reason,
-        })
+        result.map_err(|reason| PlanError(format!("{}: {reason}", self.label())))
+    }
+
+    /// "systemd-tpm2 token 2", for messages.
+    pub fn label(&self) -> String {
+        format!("{} token {}", self.kind, self.id)
+    }
+
+    /// What the TPM layer needs to unseal, with the authValue of a PIN if there is one.
+    pub fn request<'r>(&'r self, auth: Option<&'r Secret>) -> Unseal<'r> {
+        Unseal {
+            parent: match &self.parent {
+                ParentSpec::Recorded { handle, public } => Parent::Recorded {
+                    handle: *handle,
+                    public,
+                },
+                ParentSpec::Serialized(b) => Parent::Serialized(b),
+                ParentSpec::Primary(t) => Parent::Primary(t),
+            },
+            object: &self.sealed,
+            session_hash: self.session_hash,
+            bank: self.bank,
+            pcrs: &self.pcrs,
+            expected_pcr_digest: self
+                .pcr_values
+                .as_ref()
+                .map(|v| crate::tpm::policy::pcr_values_digest(v).to_vec()),
+            expected_policy: self.expected_policy.as_deref(),
+            signed: self.signed.as_ref(),
+            auth,
+        }
+    }
+
+    /// Every PCR whose current value the check needs, by bank.
+    pub fn pcrs_to_read(&self) -> Vec<(PcrBank, Vec<u32>)> {
+        let mut out = vec![(self.bank, self.pcrs.clone())];
+        if let Some(s) = &self.signed {
+            out.push((s.bank, s.pcrs.clone()));
+        }
+        out
+    }
+
+    /// The current values of every PCR the check needs (PCR_Read; on failure paths and in
+    /// `status` only).
+    pub fn current_pcrs(
+        &self,
+        tpm: &mut Tpm,
+    ) -> Result<BTreeMap<(PcrBank, u32), Vec<u8>>, TpmError> {
+        let mut out = BTreeMap::new();
+        for (bank, pcrs) in self.pcrs_to_read() {
+            for (i, v) in tpm.pcr_read(bank, &pcrs)? {
+                out.insert((bank, i), v);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Approvals of a signed policy from `--signature`, else where the token's tool keeps
+    /// them. Invalid approvals are dropped here, so they cost no TPM command.
+    pub fn load_signatures(&mut self, explicit: Option<&PathBuf>) {
+        if self.kind == systemd::TOKEN_TYPE {
+            systemd::load_signatures(self, explicit);
+        }
+    }
+
+    /// Compares the plan's policy with `current` (bank → index → value) in software: the
+    /// same answer the TPM would give, with the PCRs that differ named.
+    pub fn check(&self, current: &BTreeMap<(PcrBank, u32), Vec<u8>>) -> PolicyCheck {
+        let now = |bank: PcrBank, pcrs: &[u32]| -> Vec<(u32, Vec<u8>)> {
+            pcrs.iter()
+                .map(|&i| (i, current.get(&(bank, i)).cloned().unwrap_or_default()))
+                .collect()
+        };
+        if let Some(signed) = &self.signed {
+            let approved = PolicyBuilder::new(PcrBank::Sha256)
+                .pcr(signed.bank, &now(signed.bank, &signed.pcrs))
+                .digest();
+            if !signed.signatures.iter().any(|(pol, _)| *pol == approved) {
+                return PolicyCheck::Unapproved {
+                    pcrs: signed.pcrs.clone(),
+                };
+            }
+        }
+        let literal = now(self.bank, &self.pcrs);
+        if let Some(expected) = &self.pcr_values {
+            let pcrs: Vec<u32> = expected
+                .iter()
+                .filter(|(i, v)| literal.iter().find(|(j, _)| j == i).map(|(_, n)| n) != Some(v))
+                .map(|(i, _)| *i)
+                .collect();
+            return if pcrs.is_empty() {
+                PolicyCheck::Satisfied
+            } else {
+                PolicyCheck::Differ {
+                    pcrs,
+                    certain: true,
+                }
+            };
+        }
+        let Some(expected) = &self.expected_policy else {
+            return PolicyCheck::Satisfied;
+        };
+        let policy_with = |values: &[(u32, Vec<u8>)]| self.policy_digest(values);
+        if policy_with(&literal) == *expected {
+            return PolicyCheck::Satisfied;
+        }
+        match explain_by_resets(&literal, self.bank, |v| policy_with(v) == *expected) {
+            Some(pcrs) => PolicyCheck::Differ {
+                pcrs,
+                certain: true,
+            },
+            None => PolicyCheck::Differ {
+                pcrs: self.pcrs.clone(),
+                certain: false,
+            },
+        }
+    }
+
+    /// The object's policy if the literal PCRs held `values`: PolicyAuthorize (signed),
+    /// PolicyPCR, PolicyAuthValue, in that order (systemd's; clevis and sealroot have no
+    /// PolicyAuthorize). Several key encodings: any may be the one sealed to.
+    fn policy_digest(&self, values: &[(u32, Vec<u8>)]) -> Vec<u8> {
+        let finish = |b: PolicyBuilder| {
+            let b = b.pcr(self.bank, values);
+            if self.pin.is_some() {
+                b.auth_value()
+            } else {
+                b
+            }
+            .digest()
+        };
+        let Some(signed) = &self.signed else {
+            return finish(PolicyBuilder::new(self.session_hash));
+        };
+        let candidates: Vec<Vec<u8>> = signed
+            .key_publics
+            .iter()
+            .filter_map(|k| crate::tpm::object::name_of_template(k).ok())
+            .map(|name| finish(PolicyBuilder::new(self.session_hash).authorize(&name, &[])))
+            .collect();
+        match &self.expected_policy {
+            Some(e) if candidates.contains(e) => e.clone(),
+            _ => candidates.into_iter().next().unwrap_or_default(),
+        }
+    }
+
+    /// A one-line explanation of a failed check, saying what to do.
+    pub fn explain(&self, check: &PolicyCheck) -> String {
+        match check {
+            PolicyCheck::Satisfied => String::new(),
+            PolicyCheck::Unapproved { pcrs } => format!(
+                "no valid signature approves the current {} PCR {} value{} (tpm2-pcr-signature.json); use `sealroot recover`",
+                self.signed.as_ref().map_or(self.bank, |s| s.bank),
+                join(pcrs),
+                if pcrs.len() == 1 { "" } else { "s" }
+            ),
+            PolicyCheck::Differ { pcrs, certain } => {
+                let fence = self.fence_pcr.filter(|f| pcrs.contains(f));
+                let others: Vec<u32> = pcrs.iter().copied().filter(|&i| Some(i) != fence).collect();
+                match (others.len(), fence, certain) {
+                    (0, Some(f), _) => format!(
+                        "fence PCR {f} is already extended: this boot has unlocked once; reboot to unlock with the TPM again, or use `sealroot recover`"
+                    ),
+                    (_, _, false) => format!(
+                        "one or more of the {} PCRs {} differ from enrollment (the token records only a digest of their values); use `sealroot recover`, then re-enroll",
+                        self.bank,
+                        join(&others)
+                    ),
+                    (n, _, true) => format!(
+                        "{} {} {} {} since enrollment; use `sealroot recover`, then re-enroll",
+                        self.bank,
+                        if n == 1 { "PCR" } else { "PCRs" },
+                        join(&others),
+                        if n == 1 { "differs" } else { "differ" }
+                    ),
+                }
+            }
+        }
     }
 }
 
+fn join(pcrs: &[u32]) -> String {
+    pcrs.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Tokens that record only a digest of the PCR values cannot say which PCR changed. The
+/// common case can be told: a PCR extended since enrollment from its reset value (0 for
+/// PCRs 0–16 and 23, all ones for 17–22). Tries every set of up to three PCRs at their
+/// reset values and returns the smallest that explains the digest.
+fn explain_by_resets(
+    current: &[(u32, Vec<u8>)],
+    bank: PcrBank,
+    matches: impl Fn(&[(u32, Vec<u8>)]) -> bool,
+) -> Option<Vec<u32>> {
+    let reset = |i: u32| {
+        let fill = if (17..=22).contains(&i) { 0xFF } else { 0 };
+        vec![fill; bank.digest_len()]
+    };
+    let n = current.len();
+    for size in 1..=n.min(3) {
+        let mut pick: Vec<usize> = (0..size).collect();
+        loop {
+            let mut values = current.to_vec();
+            for &k in &pick {
+                values[k].1 = reset(values[k].0);
+            }
+            // A PCR already at its reset value cannot be the one that changed.
+            let changed = pick.iter().all(|&k| current[k].1 != values[k].1);
+            if changed && matches(&values) {
+                return Some(pick.iter().map(|&k| current[k].0).collect());
+            }
+            // Next combination of `size` out of `n`, in lexicographic order.
+            let Some(pos) = (0..size).rev().find(|&j| pick[j] < n - size + j) else {
+                break;
+            };
+            pick[pos] += 1;
+            for j in pos + 1..size {
+                pick[j] = pick[j - 1] + 1;
+            }
+        }
+    }
+    None
+}
+
+/// The plan of a token of any kind sealroot reads; None for other token types.
+pub fn plan(id: u32, json: &Value) -> Option<Result<UnsealPlan, PlanError>> {
+    Some(match token_type(json) {
+        sealroot::TOKEN_TYPE => sealroot::plan(id, json),
+        systemd::TOKEN_TYPE => systemd::plan(id, json),
+        clevis::TOKEN_TYPE => clevis::plan(id, json),
+        _ => return None,
+    })
+}
+
+/// The order `unlock` tries tokens in: sealroot's own first, then the others by id.
+pub fn unlock_order(kind: &str) -> u8 {
+    match kind {
+        sealroot::TOKEN_TYPE => 0,
+        _ => 1,
+    }
+}
+
+/// The LUKS passphrase of a sealed secret: its standard base64 (as systemd does), so the
+/// keyslot passphrase is printable and the same derivation serves both formats.
+pub fn passphrase_of(secret: &Secret) -> Secret {
+    let mut out = Secret::zeroed(secret.len().div_ceil(3) * 4);
+    let n = B64
+        .encode_slice(secret.expose(), out.expose_mut())
+        .unwrap_or(0);
+    out.truncate(n);
+    out
+}
+
 /// The one keyslot a token claims (LUKS2 stores it as a decimal string).
-pub fn single_keyslot(json: &serde_json::Value) -> Option<u32> {
+pub fn single_keyslot(json: &Value) -> Option<u32> {
     match json.get("keyslots")?.as_array()?.as_slice() {
         [k] => k.as_str()?.parse().ok(),
         _ => None,
     }
+}
+
+/// The keyslots a token of any type claims.
+pub fn token_keyslots(json: &Value) -> Vec<u32> {
+    json.get("keyslots")
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(|k| k.as_str().and_then(|s| s.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+pub fn token_type(json: &Value) -> &str {
+    json.get("type").and_then(Value::as_str).unwrap_or("?")
 }
 
 /// The legacy primary templates (TPMT_PUBLIC) of systemd ≤ 253 and clevis: tpm2-tools'
@@ -130,5 +427,24 @@ mod tests {
             hex(primary_template(true, 0x000b)),
             "0001000b00030072000000060080004300100800000000000000"
         );
+    }
+
+    #[test]
+    fn resets_explain_a_single_extended_pcr() {
+        let bank = PcrBank::Sha256;
+        let enrolled = vec![(0, vec![1u8; 32]), (7, vec![2u8; 32]), (14, vec![0u8; 32])];
+        let target = PolicyBuilder::new(bank).pcr(bank, &enrolled).digest();
+        let mut now = enrolled.clone();
+        now[2].1 = vec![9u8; 32];
+        let found = explain_by_resets(&now, bank, |v| {
+            PolicyBuilder::new(bank).pcr(bank, v).digest() == target
+        });
+        assert_eq!(found, Some(vec![14]));
+        // A change no reset explains is not guessed.
+        now[0].1 = vec![5u8; 32];
+        let none = explain_by_resets(&now, bank, |v| {
+            PolicyBuilder::new(bank).pcr(bank, v).digest() == target
+        });
+        assert_eq!(none, None);
     }
 }

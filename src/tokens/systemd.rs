@@ -8,21 +8,17 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 
 use super::{
-    Finish, ForeignError, ForeignPlan, ParentSpec, PinDerivation, primary_template, single_keyslot,
+    Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan, primary_template, single_keyslot,
 };
-use crate::tpm::esys::SignedPolicy;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::seal::SealedObject;
+use crate::tpm::unseal::SignedPolicy;
 
 pub const TOKEN_TYPE: &str = "systemd-tpm2";
 const SHA256_ALG: u16 = 0x000B;
 
-pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
-    let bad = |reason: String| ForeignError {
-        kind: TOKEN_TYPE,
-        id,
-        reason,
-    };
+pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
+    let bad = |reason: String| PlanError(format!("{TOKEN_TYPE} token {id}: {reason}"));
     let field = |name: &str| json.get(name);
     let unsupported = |what: &str| {
         bad(format!(
@@ -112,8 +108,8 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
             None => PinDerivation::Sha256,
         }),
     };
-    let (signed, signature_pkfp) = match field("tpm2_pubkey").and_then(Value::as_str) {
-        None => (None, None),
+    let signed = match field("tpm2_pubkey").and_then(Value::as_str) {
+        None => None,
         Some(pem_b64) => {
             let pem = B64
                 .decode(pem_b64)
@@ -124,19 +120,17 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
                     bad("tpm2_pubkey_pcrs holds something that is not a PCR".into())
                 })?,
             };
-            let (key_publics, pkfp) = rsa_key(&pem).map_err(bad)?;
-            (
-                Some(SignedPolicy {
-                    bank,
-                    pcrs,
-                    key_publics,
-                    signatures: Vec::new(),
-                }),
-                Some(pkfp),
-            )
+            let (key_publics, key_pkcs1) = rsa_key(&pem).map_err(bad)?;
+            Some(SignedPolicy {
+                bank,
+                pcrs,
+                key_publics,
+                key_pkcs1,
+                signatures: Vec::new(),
+            })
         }
     };
-    Ok(ForeignPlan {
+    Ok(UnsealPlan {
         kind: TOKEN_TYPE,
         id,
         keyslot,
@@ -145,11 +139,12 @@ pub fn plan(id: u32, json: &Value) -> Result<ForeignPlan, ForeignError> {
         session_hash: PcrBank::Sha256,
         bank,
         pcrs,
+        pcr_values: None,
         expected_policy: Some(policy),
         pin,
         finish: Finish::Base64,
         signed,
-        signature_pkfp,
+        fence_pcr: None,
     })
 }
 
@@ -168,12 +163,11 @@ fn pcr_list(v: &Value) -> Option<Vec<u32>> {
 /// TPMT_PUBLIC encodings of an RSA signing key as systemd names it (decrypt|sign|
 /// userWithAuth, no symmetric, no scheme), one per exponent encoding systemd has used
 /// (65537 written out, or 0 for the default: systemd#30546), and the key's fingerprint as
-/// signature files carry it (SHA-256 of the PKCS#1 DER).
+/// signature files carry it (`pkfp`: SHA-256 of this PKCS#1 DER).
 fn rsa_key(pem: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     use rsa::pkcs1::EncodeRsaPublicKey;
     use rsa::pkcs8::DecodePublicKey;
     use rsa::traits::PublicKeyParts;
-    use sha2::{Digest, Sha256};
     let text = std::str::from_utf8(pem).map_err(|_| "tpm2_pubkey is not PEM text".to_string())?;
     let key = rsa::RsaPublicKey::from_public_key_pem(text)
         .map_err(|e| format!("tpm2_pubkey is not an RSA public key: {e}"))?;
@@ -200,7 +194,7 @@ fn rsa_key(pem: &[u8]) -> Result<(Vec<Vec<u8>>, Vec<u8>), String> {
     let der = key
         .to_pkcs1_der()
         .map_err(|e| format!("cannot encode the key: {e}"))?;
-    Ok((encodings, Sha256::digest(der.as_bytes()).to_vec()))
+    Ok((encodings, der.as_bytes().to_vec()))
 }
 
 /// Where systemd looks for `tpm2-pcr-signature.json`; `/.extra` only in the initrd.
@@ -220,12 +214,42 @@ pub fn signature_paths() -> Vec<std::path::PathBuf> {
     paths
 }
 
-/// The (policy, signature) pairs of a signature file that fit this token: same bank, same
-/// PCR set, same key fingerprint, no policyRef.
-pub fn signatures_for(json: &Value, plan: &ForeignPlan) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let (Some(signed), Some(pkfp)) = (&plan.signed, &plan.signature_pkfp) else {
+/// Signed PCR policies: the approvals come from `--signature`, else from where systemd
+/// looks (`tpm2-pcr-signature.json` in /etc/systemd, /run/systemd, /usr/local/lib/systemd,
+/// /usr/lib/systemd, and /.extra in the initrd).
+pub fn load_signatures(plan: &mut UnsealPlan, explicit: Option<&std::path::PathBuf>) {
+    let Some(signed) = plan.signed.as_mut() else {
+        return;
+    };
+    let paths = match explicit {
+        Some(p) => vec![p.clone()],
+        None => signature_paths(),
+    };
+    let mut found = Vec::new();
+    for path in paths {
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        match serde_json::from_slice::<Value>(&text) {
+            Ok(json) => found.extend(signatures_for(&json, signed)),
+            Err(e) => {
+                crate::console::error(&format!("{}: not JSON ({e}); ignored", path.display()))
+            }
+        }
+    }
+    signed.signatures = found;
+}
+
+/// The (policy, signature) pairs of a signature file that fit this token (same bank, same
+/// PCR set, same key fingerprint, no policyRef) and whose signature verifies: RSASSA-PKCS1
+/// v1.5 over SHA-256 of the approved policy, as TPM2_VerifySignature will check it.
+pub fn signatures_for(json: &Value, signed: &SignedPolicy) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use rsa::pkcs1::DecodeRsaPublicKey;
+    use sha2::{Digest, Sha256};
+    let Ok(key) = rsa::RsaPublicKey::from_pkcs1_der(&signed.key_pkcs1) else {
         return Vec::new();
     };
+    let pkfp = Sha256::digest(&signed.key_pkcs1).to_vec();
     let mut want = signed.pcrs.clone();
     want.sort_unstable();
     json.get(signed.bank.name())
@@ -241,11 +265,13 @@ pub fn signatures_for(json: &Value, plan: &ForeignPlan) -> Vec<(Vec<u8>, Vec<u8>
                 .collect();
             pcrs.sort_unstable();
             let fp = hex::decode(entry.get("pkfp")?.as_str()?).ok()?;
-            if pcrs != want || fp != *pkfp || entry.get("ref").is_some() {
+            if pcrs != want || fp != pkfp || entry.get("ref").is_some() {
                 return None;
             }
             let pol = hex::decode(entry.get("pol")?.as_str()?).ok()?;
             let sig = B64.decode(entry.get("sig")?.as_str()?).ok()?;
+            let scheme = rsa::Pkcs1v15Sign::new::<Sha256>();
+            key.verify(scheme, &Sha256::digest(&pol), &sig).ok()?;
             Some((pol, sig))
         })
         .collect()
@@ -265,9 +291,10 @@ mod tests {
     fn signing_key_name_and_fingerprint_match_the_vectors() {
         use sha2::{Digest, Sha256};
         let pem = B64.decode(PUBKEY).unwrap();
-        let (encodings, pkfp) = rsa_key(&pem).unwrap();
+        let (encodings, der) = rsa_key(&pem).unwrap();
+        let pkfp = sha2::Sha256::digest(&der);
         assert_eq!(
-            hex::encode(&pkfp),
+            hex::encode(pkfp),
             "f082d10258105d4bc2bbea3c96ff5c14b86261dc6f2136012c3869382502ffbc"
         );
         let name = |t: &[u8]| {

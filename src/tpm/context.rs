@@ -1,10 +1,14 @@
-//! Choosing the TCTI and opening an ESAPI context.
+//! `Tpm`, the one door to the TPM: an ESAPI context over the TCTI the user chose, opened on
+//! first use. Every handle a method creates is flushed or closed before it returns.
 
+use std::ffi::CString;
 use std::path::Path;
-use std::str::FromStr;
+use std::ptr;
 
-use tss_esapi::Context;
-use tss_esapi::tcti_ldr::TctiNameConf;
+use tss_esapi_sys::{
+    ESYS_CONTEXT, ESYS_TR, Esys_Finalize, Esys_FlushContext, Esys_Initialize, Esys_TR_Close,
+    TSS2_TCTI_CONTEXT, Tss2_TctiLdr_Finalize, Tss2_TctiLdr_Initialize,
+};
 
 use super::error::TpmError;
 
@@ -27,34 +31,109 @@ pub fn choose_tcti(cli: Option<&str>) -> String {
     }
 }
 
-/// Opens the TPM behind `tcti` (tpm2-tss spelling: `device:PATH`, `swtpm:host=H,port=P`,
-/// `mssim:host=H,port=P`).
-pub fn open(tcti: &str) -> Result<Context, TpmError> {
-    let unavailable = |reason: String| TpmError::Unavailable {
-        tcti: tcti.to_string(),
-        reason,
-    };
-    if tcti.starts_with("swtpm:path=") || tcti.starts_with("swtpm:socket") {
-        return Err(unavailable(
-            "the swtpm unix-socket TCTI is not supported; run swtpm with a TCP server and use swtpm:host=H,port=P".into(),
-        ));
-    }
-    let conf =
-        TctiNameConf::from_str(tcti).map_err(|e| unavailable(format!("cannot parse TCTI: {e}")))?;
-    if let TctiNameConf::Device(ref dev) = conf {
-        let path = dev_path(tcti);
-        if !Path::new(&path).exists() {
-            let _ = dev;
-            return Err(unavailable(format!("{path} does not exist")));
-        }
-    }
-    Context::new(conf).map_err(|e| unavailable(format!("cannot connect: {e}")))
+pub struct Tpm {
+    pub(super) ctx: *mut ESYS_CONTEXT,
+    tcti: *mut TSS2_TCTI_CONTEXT,
 }
 
-fn dev_path(tcti: &str) -> String {
-    match tcti.strip_prefix("device:") {
-        Some(p) if !p.is_empty() => p.to_string(),
-        _ => "/dev/tpm0".to_string(),
+impl Tpm {
+    /// Opens the TPM behind `tcti` (tpm2-tss spelling: `device:PATH`,
+    /// `swtpm:host=H,port=P`, `mssim:host=H,port=P`). The TCTI loader is the authority on
+    /// its own syntax; only what it would report badly is checked here.
+    pub fn open(tcti: &str) -> Result<Tpm, TpmError> {
+        let unavailable = |reason: String| TpmError::Unavailable {
+            tcti: tcti.to_string(),
+            reason,
+        };
+        if tcti.starts_with("swtpm:path=") || tcti.starts_with("swtpm:socket") {
+            return Err(unavailable(
+                "the swtpm unix-socket TCTI is not supported; run swtpm with a TCP server and use swtpm:host=H,port=P".into(),
+            ));
+        }
+        if let Some(path) = tcti.strip_prefix("device:")
+            && !Path::new(path).exists()
+        {
+            return Err(unavailable(format!("{path} does not exist")));
+        }
+        let conf = CString::new(tcti).map_err(|_| unavailable("NUL in the TCTI".into()))?;
+        let mut tcti_ctx: *mut TSS2_TCTI_CONTEXT = ptr::null_mut();
+        // SAFETY: conf is a valid C string; tcti_ctx receives an allocation we finalize.
+        let rc = unsafe { Tss2_TctiLdr_Initialize(conf.as_ptr(), &mut tcti_ctx) };
+        if rc != 0 {
+            return Err(unavailable(format!("cannot connect (0x{rc:x})")));
+        }
+        let mut ctx: *mut ESYS_CONTEXT = ptr::null_mut();
+        // SAFETY: tcti_ctx is initialized; ctx receives an allocation we finalize.
+        let rc = unsafe { Esys_Initialize(&mut ctx, tcti_ctx, ptr::null_mut()) };
+        if rc != 0 {
+            // SAFETY: tcti_ctx came from Tss2_TctiLdr_Initialize.
+            unsafe { Tss2_TctiLdr_Finalize(&mut tcti_ctx) };
+            return Err(unavailable(format!(
+                "ESAPI initialization failed (0x{rc:x})"
+            )));
+        }
+        Ok(Tpm {
+            ctx,
+            tcti: tcti_ctx,
+        })
+    }
+
+    /// Forgets a handle without a command (persistent objects, ended sessions).
+    pub(super) fn close(&mut self, tr: &mut ESYS_TR) {
+        // SAFETY: tr is a handle of this context; closing sends no command.
+        unsafe { Esys_TR_Close(self.ctx, tr) };
+    }
+
+    /// Flushes a transient object or session. Errors are ignored: the caller is already
+    /// returning the result that matters, and there is nothing left to do about them.
+    pub(super) fn flush(&mut self, tr: ESYS_TR) {
+        // SAFETY: tr is a transient object or session of this context.
+        unsafe { Esys_FlushContext(self.ctx, tr) };
+    }
+}
+
+impl Drop for Tpm {
+    fn drop(&mut self) {
+        // SAFETY: both were allocated in `open` and are finalized exactly once.
+        unsafe {
+            Esys_Finalize(&mut self.ctx);
+            Tss2_TctiLdr_Finalize(&mut self.tcti);
+        }
+    }
+}
+
+/// A TPM context opened on first use, so commands that never need it never touch it, and
+/// once per command so a TPM without a resource manager (one open at a time) is fine.
+pub struct LazyTpm {
+    tcti: String,
+    /// Ok(context) or the reason it could not be opened.
+    tpm: Option<Result<Tpm, String>>,
+}
+
+impl LazyTpm {
+    pub fn new(cli_tcti: Option<&str>) -> LazyTpm {
+        LazyTpm {
+            tcti: choose_tcti(cli_tcti),
+            tpm: None,
+        }
+    }
+
+    pub fn get(&mut self) -> Result<&mut Tpm, TpmError> {
+        let tcti = &self.tcti;
+        let slot = self.tpm.get_or_insert_with(|| {
+            Tpm::open(tcti).map_err(|e| match e {
+                TpmError::Unavailable { reason, .. } => reason,
+                other => other.to_string(),
+            })
+        });
+        match slot {
+            Ok(tpm) => Ok(tpm),
+            // Opening failed once: report the same failure without trying again.
+            Err(reason) => Err(TpmError::Unavailable {
+                tcti: self.tcti.clone(),
+                reason: reason.clone(),
+            }),
+        }
     }
 }
 
@@ -72,7 +151,9 @@ mod tests {
 
     #[test]
     fn missing_device_is_unavailable() {
-        let e = open("device:/nonexistent/tpm").err().map(|e| e.exit_code());
+        let e = Tpm::open("device:/nonexistent/tpm")
+            .err()
+            .map(|e| e.exit_code());
         assert_eq!(e, Some(crate::error::exit::TPM_UNAVAILABLE));
     }
 }

@@ -105,39 +105,7 @@ pub fn classify(rc: u32) -> RcKind {
     }
 }
 
-/// Raw TSS2_RC of a tss-esapi error (None for wrapper-local errors).
-///
-/// tss-esapi 7 keeps the raw value private and classifies without looking at the layer
-/// (so a TCTI I/O error would pass for a TPM code); its Display prints the raw value, which
-/// is the one stable way to get it back.
-pub fn raw_rc(e: &tss_esapi::Error) -> Option<u32> {
-    use tss_esapi::constants::Tss2ResponseCode;
-    let shown = match e {
-        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatZero(rc)) => rc.to_string(),
-        tss_esapi::Error::Tss2Error(Tss2ResponseCode::FormatOne(rc)) => rc.to_string(),
-        tss_esapi::Error::Tss2Error(Tss2ResponseCode::Success) => return Some(0),
-        tss_esapi::Error::WrapperError(_) => return None,
-    };
-    let hex = shown.rsplit("0x").next()?;
-    u32::from_str_radix(hex.trim(), 16).ok()
-}
-
-pub fn kind_of(e: &tss_esapi::Error) -> RcKind {
-    raw_rc(e).map(classify).unwrap_or(RcKind::Other)
-}
-
 /// A failed command as an error, mapping the causes a user can act on.
-pub fn command_error(op: &'static str, e: tss_esapi::Error) -> TpmError {
-    match raw_rc(&e) {
-        Some(rc) => from_rc(op, rc),
-        None => TpmError::Command {
-            op,
-            rc: e.to_string(),
-        },
-    }
-}
-
-/// The same for a raw TSS2_RC.
 pub fn from_rc(op: &'static str, rc: u32) -> TpmError {
     match classify(rc) {
         RcKind::Lockout => TpmError::Lockout,
@@ -147,7 +115,28 @@ pub fn from_rc(op: &'static str, rc: u32) -> TpmError {
         },
         _ => TpmError::Command {
             op,
-            rc: format!("{} (0x{rc:x})", tss_esapi::Error::Tss2Error(rc.into())),
+            rc: format!("{} (0x{rc:x})", describe(rc)),
+        },
+    }
+}
+
+/// A short name for the return codes sealroot meets; the hex code follows it anyway.
+fn describe(rc: u32) -> &'static str {
+    match classify(rc) {
+        RcKind::PcrChanged => "PCRs changed",
+        RcKind::PolicyFail => "policy check failed",
+        RcKind::Value => "value out of range",
+        RcKind::AuthFail => "authorization failed",
+        RcKind::Lockout => "dictionary-attack lockout",
+        RcKind::Handle => "no such object or handle",
+        RcKind::Integrity => "integrity check failed",
+        RcKind::Transport => "TPM connection failed",
+        RcKind::Other => match rc & 0xFF_0000 {
+            0x07_0000 => "ESAPI error",
+            0x08_0000 | 0x09_0000 => "TSS system API error",
+            0 if rc & 0xFFF == 0x101 => "command failure",
+            0 => "TPM error",
+            _ => "TSS error",
         },
     }
 }
@@ -166,14 +155,5 @@ mod tests {
         assert_eq!(classify(0x1df), RcKind::Integrity); // parameter 1 integrity
         assert_eq!(classify(0x0A_000A), RcKind::Transport);
         assert_eq!(classify(0x2c4), RcKind::Value);
-    }
-
-    #[test]
-    fn raw_rc_round_trips() {
-        use tss_esapi::constants::Tss2ResponseCode;
-        for rc in [0x128u32, 0x98e, 0x0A_000A, 0x99d] {
-            let e = tss_esapi::Error::Tss2Error(Tss2ResponseCode::from(rc));
-            assert_eq!(raw_rc(&e), Some(rc));
-        }
     }
 }

@@ -1,21 +1,24 @@
-//! PCR banks, selections, reading and extending.
+//! PCR banks, selections, PCR_Read and the fence's PCR_Event.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
 use sha2::Digest as _;
-use tss_esapi::Context;
-use tss_esapi::abstraction::pcr::read_all;
-use tss_esapi::handles::PcrHandle;
-use tss_esapi::interface_types::algorithm::HashingAlgorithm;
-use tss_esapi::structures::{
-    Digest, DigestValues, PcrSelectionList, PcrSelectionListBuilder, PcrSlot,
+use tss_esapi_sys::{
+    ESYS_TR_NONE, ESYS_TR_PASSWORD, Esys_PCR_Event, Esys_PCR_Read, TPM2B_EVENT, TPML_DIGEST,
+    TPML_DIGEST_VALUES, TPML_PCR_SELECTION,
 };
 
-use super::error::{TpmError, command_error};
+use super::context::Tpm;
+use super::error::TpmError;
+use super::wire::{EsysBox, check, generic, pcr_selection};
 
 pub const PCR_COUNT: u32 = 24;
+/// ESYS_TR values 0..=31 are the PCRs.
+const ESYS_TR_PCR0: u32 = 0;
+/// TPM2B_EVENT holds at most this much.
+const MAX_EVENT: usize = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum PcrBank {
@@ -47,23 +50,6 @@ impl PcrBank {
             PcrBank::Sha1 => 20,
             PcrBank::Sha256 => 32,
             PcrBank::Sha384 => 48,
-        }
-    }
-
-    pub fn hashing_algorithm(self) -> HashingAlgorithm {
-        match self {
-            PcrBank::Sha1 => HashingAlgorithm::Sha1,
-            PcrBank::Sha256 => HashingAlgorithm::Sha256,
-            PcrBank::Sha384 => HashingAlgorithm::Sha384,
-        }
-    }
-
-    pub fn from_hashing_algorithm(alg: HashingAlgorithm) -> Option<PcrBank> {
-        match alg {
-            HashingAlgorithm::Sha1 => Some(PcrBank::Sha1),
-            HashingAlgorithm::Sha256 => Some(PcrBank::Sha256),
-            HashingAlgorithm::Sha384 => Some(PcrBank::Sha384),
-            _ => None,
         }
     }
 
@@ -135,69 +121,94 @@ pub fn parse_pcr_list(s: &str) -> Result<Vec<u32>, String> {
     Ok(out)
 }
 
-pub fn selection_list(bank: PcrBank, pcrs: &[u32]) -> Result<PcrSelectionList, TpmError> {
-    let slots = pcrs
-        .iter()
-        .map(|&i| {
-            PcrSlot::try_from(1u32 << i).map_err(|e| TpmError::Invalid(format!("PCR {i}: {e}")))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    PcrSelectionListBuilder::new()
-        .with_selection(bank.hashing_algorithm(), &slots)
-        .build()
-        .map_err(|e| TpmError::Invalid(format!("PCR selection: {e}")))
-}
-
-/// Current values of `pcrs` in `bank`, by index.
-pub fn read(
-    ctx: &mut Context,
-    bank: PcrBank,
-    pcrs: &[u32],
-) -> Result<BTreeMap<u32, Vec<u8>>, TpmError> {
-    if pcrs.is_empty() {
-        return Ok(BTreeMap::new());
+impl Tpm {
+    /// Extends `pcr` with `event` in every bank the TPM has allocated (TPM2_PCR_Event: the
+    /// TPM hashes the data once per bank), in one command.
+    pub fn pcr_event(&mut self, pcr: u32, event: &[u8]) -> Result<(), TpmError> {
+        if pcr > 23 {
+            return Err(TpmError::Invalid(format!("PCR {pcr} out of range")));
+        }
+        let digest;
+        let data = if event.len() > MAX_EVENT {
+            digest = PcrBank::Sha256.hash(event);
+            &digest[..]
+        } else {
+            event
+        };
+        let mut ev = TPM2B_EVENT {
+            size: data.len() as u16,
+            buffer: [0u8; MAX_EVENT],
+        };
+        ev.buffer[..data.len()].copy_from_slice(data);
+        let mut digests = EsysBox::<TPML_DIGEST_VALUES>::null();
+        // SAFETY: pointers to live locals; digests is freed by its box.
+        let rc = unsafe {
+            Esys_PCR_Event(
+                self.ctx,
+                ESYS_TR_PCR0 + pcr,
+                ESYS_TR_PASSWORD,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &ev,
+                &mut digests.0,
+            )
+        };
+        check("PCR_Event", rc).map_err(generic)
     }
-    let data =
-        read_all(ctx, selection_list(bank, pcrs)?).map_err(|e| command_error("PCR_Read", e))?;
-    let bank_data = data.pcr_bank(bank.hashing_algorithm()).ok_or_else(|| {
-        TpmError::Invalid(format!(
-            "the TPM has no allocated {bank} PCR bank; choose another with --pcr-bank"
-        ))
-    })?;
-    let mut out = BTreeMap::new();
-    for &i in pcrs {
-        let slot = PcrSlot::try_from(1u32 << i).map_err(|e| TpmError::Invalid(e.to_string()))?;
-        let value = bank_data.get_digest(slot).ok_or_else(|| {
-            TpmError::Invalid(format!("PCR {i} is not readable in the {bank} bank"))
-        })?;
-        out.insert(i, value.value().to_vec());
-    }
-    Ok(out)
-}
 
-/// Extends `pcr` in every bank of `banks` with the bank's digest of `event`, in one command.
-pub fn extend_event(
-    ctx: &mut Context,
-    pcr: u32,
-    banks: &[PcrBank],
-    event: &[u8],
-) -> Result<(), TpmError> {
-    let handle = pcr_handle(pcr)?;
-    let mut values = DigestValues::new();
-    for &bank in banks {
-        let d = Digest::try_from(bank.hash(event))
-            .map_err(|e| TpmError::Invalid(format!("digest: {e}")))?;
-        values.set(bank.hashing_algorithm(), d);
+    /// Current values of `pcrs` in `bank` (PCR_Read returns at most 8 per call).
+    pub fn pcr_read(
+        &mut self,
+        bank: PcrBank,
+        pcrs: &[u32],
+    ) -> Result<BTreeMap<u32, Vec<u8>>, TpmError> {
+        let mut out = BTreeMap::new();
+        for chunk in pcrs.chunks(8) {
+            let selection = pcr_selection(bank, chunk);
+            let mut counter = 0u32;
+            let mut sel_out = EsysBox::<TPML_PCR_SELECTION>::null();
+            let mut values = EsysBox::<TPML_DIGEST>::null();
+            // SAFETY: pointers to live locals; outputs are freed by their boxes.
+            let rc = unsafe {
+                Esys_PCR_Read(
+                    self.ctx,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    &selection,
+                    &mut counter,
+                    &mut sel_out.0,
+                    &mut values.0,
+                )
+            };
+            check("PCR_Read", rc).map_err(generic)?;
+            let (Some(sel), Some(vals)) = (sel_out.get(), values.get()) else {
+                return Err(TpmError::Invalid("PCR_Read returned nothing".into()));
+            };
+            // The TPM returns the selected PCRs in ascending order; a PCR missing from
+            // the returned selection is not allocated in that bank.
+            let mut returned = Vec::new();
+            for s in &sel.pcrSelections[..(sel.count as usize).min(16)] {
+                for i in 0..(u32::from(s.sizeofSelect) * 8).min(32) {
+                    if s.pcrSelect[(i / 8) as usize] & (1 << (i % 8)) != 0 {
+                        returned.push(i);
+                    }
+                }
+            }
+            for (i, d) in returned
+                .into_iter()
+                .zip(&vals.digests[..(vals.count as usize).min(8)])
+            {
+                out.insert(i, d.buffer[..usize::from(d.size).min(64)].to_vec());
+            }
+        }
+        if let Some(missing) = pcrs.iter().find(|i| !out.contains_key(i)) {
+            return Err(TpmError::Invalid(format!(
+                "PCR {missing} is not readable in the {bank} bank (is the bank allocated?); choose another with --pcr-bank"
+            )));
+        }
+        Ok(out)
     }
-    ctx.execute_with_session(
-        Some(tss_esapi::interface_types::session_handles::AuthSession::Password),
-        |c| c.pcr_extend(handle, values),
-    )
-    .map_err(|e| command_error("PCR_Extend", e))
-}
-
-fn pcr_handle(pcr: u32) -> Result<PcrHandle, TpmError> {
-    PcrHandle::try_from(pcr).map_err(|e| TpmError::Invalid(format!("PCR {pcr}: {e}")))
 }
 
 #[cfg(test)]

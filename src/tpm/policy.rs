@@ -8,6 +8,7 @@ use super::pcr::{PcrBank, pcr_selection_bytes};
 
 const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
 const TPM_CC_POLICY_AUTH_VALUE: u32 = 0x0000_016B;
+const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
 
 pub type PolicyDigest = [u8; 32];
 
@@ -56,6 +57,66 @@ pub fn policy_pcr(d: &PolicyDigest, bank: PcrBank, pcrs: &[(u32, Vec<u8>)]) -> P
     h.finalize().into()
 }
 
+/// A policy digest built assertion by assertion in software, for a session of hash `hash`
+/// (sealroot and systemd use SHA-256; clevis may use SHA-1).
+pub struct PolicyBuilder {
+    hash: PcrBank,
+    digest: Vec<u8>,
+}
+
+impl PolicyBuilder {
+    pub fn new(hash: PcrBank) -> PolicyBuilder {
+        PolicyBuilder {
+            hash,
+            digest: vec![0u8; hash.digest_len()],
+        }
+    }
+
+    fn extend(&mut self, parts: &[&[u8]]) {
+        let mut buf = std::mem::take(&mut self.digest);
+        for p in parts {
+            buf.extend_from_slice(p);
+        }
+        self.digest = self.hash.hash(&buf);
+    }
+
+    /// PolicyPCR over `pcrs` (index, value in `bank`); none: no assertion.
+    pub fn pcr(mut self, bank: PcrBank, pcrs: &[(u32, Vec<u8>)]) -> PolicyBuilder {
+        if pcrs.is_empty() {
+            return self;
+        }
+        let mut sorted: Vec<&(u32, Vec<u8>)> = pcrs.iter().collect();
+        sorted.sort_by_key(|(i, _)| *i);
+        let indexes: Vec<u32> = sorted.iter().map(|(i, _)| *i).collect();
+        let values: Vec<u8> = sorted.iter().flat_map(|(_, v)| v.iter().copied()).collect();
+        let values_digest = self.hash.hash(&values);
+        self.extend(&[
+            &TPM_CC_POLICY_PCR.to_be_bytes(),
+            &pcr_selection_bytes(bank, &indexes),
+            &values_digest,
+        ]);
+        self
+    }
+
+    /// PolicyAuthorize by the key named `key_name` with `policy_ref`: the digest is reset
+    /// to the key's policy, whatever came before.
+    pub fn authorize(mut self, key_name: &[u8], policy_ref: &[u8]) -> PolicyBuilder {
+        self.digest = vec![0u8; self.hash.digest_len()];
+        self.extend(&[&TPM_CC_POLICY_AUTHORIZE.to_be_bytes(), key_name]);
+        self.extend(&[policy_ref]);
+        self
+    }
+
+    pub fn auth_value(mut self) -> PolicyBuilder {
+        self.extend(&[&TPM_CC_POLICY_AUTH_VALUE.to_be_bytes()]);
+        self
+    }
+
+    pub fn digest(self) -> Vec<u8> {
+        self.digest
+    }
+}
+
 /// The policy a foreign token's object carries, when it is PolicyPCR over the current
 /// values (plus PolicyAuthValue), in a session of hash `session` (clevis may use sha1).
 pub fn foreign_policy(
@@ -64,24 +125,8 @@ pub fn foreign_policy(
     pcrs: &[(u32, Vec<u8>)],
     pin: bool,
 ) -> Vec<u8> {
-    let mut d = vec![0u8; session.digest_len()];
-    if !pcrs.is_empty() {
-        let indexes: Vec<u32> = pcrs.iter().map(|(i, _)| *i).collect();
-        let mut sorted: Vec<&(u32, Vec<u8>)> = pcrs.iter().collect();
-        sorted.sort_by_key(|(i, _)| *i);
-        let values: Vec<u8> = sorted.iter().flat_map(|(_, v)| v.iter().copied()).collect();
-        let mut buf = d.clone();
-        buf.extend_from_slice(&TPM_CC_POLICY_PCR.to_be_bytes());
-        buf.extend_from_slice(&pcr_selection_bytes(bank, &indexes));
-        buf.extend_from_slice(&session.hash(&values));
-        d = session.hash(&buf);
-    }
-    if pin {
-        let mut buf = d.clone();
-        buf.extend_from_slice(&TPM_CC_POLICY_AUTH_VALUE.to_be_bytes());
-        d = session.hash(&buf);
-    }
-    d
+    let b = PolicyBuilder::new(session).pcr(bank, pcrs);
+    if pin { b.auth_value() } else { b }.digest()
 }
 
 /// `d' = H(d ‖ TPM_CC_PolicyAuthValue)`.

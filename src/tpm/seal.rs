@@ -1,20 +1,31 @@
-//! Sealing a secret under the SRK to a policy (enrollment). Unsealing is the boot path's,
-//! in tpm::esys.
+//! Sealed data objects: the blob format tokens store, and sealing a secret under the SRK to
+//! a policy (TPM2_Create). Unsealing is in `unseal`.
 
-use tss_esapi::Context;
-use tss_esapi::attributes::ObjectAttributesBuilder;
-use tss_esapi::constants::SessionType;
-use tss_esapi::handles::KeyHandle;
-use tss_esapi::interface_types::algorithm::{HashingAlgorithm, PublicAlgorithm};
-use tss_esapi::structures::{
-    Auth, Digest, KeyedHashScheme, Public, PublicBuilder, PublicKeyedHashParameters, SensitiveData,
+use std::ptr;
+
+use tss_esapi_sys::{
+    ESYS_TR, ESYS_TR_NONE, Esys_Create, TPM2B_DATA, TPM2B_PRIVATE, TPM2B_PUBLIC,
+    TPM2B_SENSITIVE_CREATE, TPML_PCR_SELECTION, Tss2_MU_TPM2B_PRIVATE_Marshal,
+    Tss2_MU_TPM2B_PUBLIC_Marshal, Tss2_MU_TPMT_PUBLIC_Unmarshal,
 };
+use zeroize::Zeroize;
 
-use super::error::{RcKind, TpmError, command_error, kind_of};
+use super::context::Tpm;
+use super::error::{RcKind, TpmError, classify};
+use super::object::{PublicArea, TPM2_ALG_KEYEDHASH};
+use super::pcr::PcrBank;
 use super::policy::PolicyDigest;
-use super::session::{self, Encrypt};
-use super::srk::{public_from_tpm2b, public_to_tpm2b};
+use super::session::{SessionKind, SessionUse};
+use super::srk::Srk;
+use super::wire::{EsysBox, check, generic, marshal, unmarshal};
 use crate::secret::Secret;
+
+const TPMA_OBJECT_FIXEDTPM: u32 = 0x0000_0002;
+const TPMA_OBJECT_FIXEDPARENT: u32 = 0x0000_0010;
+const TPMA_OBJECT_NODA: u32 = 0x0000_0400;
+const TPM2_ALG_NULL: u16 = 0x0010;
+/// Salted sessions whose key the client derived differently from the TPM are retried.
+const SESSION_ATTEMPTS: usize = 4;
 
 /// A sealed object as the TPM returned it: TPM2B_PRIVATE and TPM2B_PUBLIC wire bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,9 +59,9 @@ impl SealedObject {
         Ok(obj)
     }
 
-    pub fn public_area(&self) -> Result<Public, TpmError> {
-        let public = public_from_tpm2b(&self.public)?;
-        if !matches!(public, Public::KeyedHash { .. }) {
+    pub fn public_area(&self) -> Result<PublicArea, TpmError> {
+        let public = PublicArea::parse(&self.public)?;
+        if public.kind != TPM2_ALG_KEYEDHASH {
             return Err(TpmError::Invalid(
                 "sealed blob is not a sealed data object".into(),
             ));
@@ -60,7 +71,7 @@ impl SealedObject {
 
     /// The authPolicy the TPM will enforce for this object.
     pub fn auth_policy(&self) -> Result<Vec<u8>, TpmError> {
-        Ok(self.public_area()?.auth_policy().value().to_vec())
+        Ok(self.public_area()?.auth_policy)
     }
 }
 
@@ -81,79 +92,149 @@ fn split_tpm2b<'a>(buf: &'a [u8], what: &str) -> Result<(&'a [u8], &'a [u8]), Tp
     Ok(buf.split_at(2 + size))
 }
 
-/// Seals `secret` under `parent` so that only a session satisfying `policy` can unseal it.
-/// With `auth` (the stretched PIN) the object is dictionary-attack protected; without, it is
-/// noDA so failed unlocks at boot never lock the TPM out.
-pub fn seal(
-    ctx: &mut Context,
-    parent: KeyHandle,
-    secret: &Secret,
-    policy: &PolicyDigest,
-    auth: Option<&Secret>,
-) -> Result<SealedObject, TpmError> {
-    let attrs = ObjectAttributesBuilder::new()
-        .with_fixed_tpm(true)
-        .with_fixed_parent(true)
-        .with_no_da(auth.is_none())
-        .build()
-        .map_err(|e| TpmError::Invalid(format!("object attributes: {e}")))?;
-    let template = PublicBuilder::new()
-        .with_public_algorithm(PublicAlgorithm::KeyedHash)
-        .with_name_hashing_algorithm(HashingAlgorithm::Sha256)
-        .with_object_attributes(attrs)
-        .with_auth_policy(
-            Digest::try_from(policy.to_vec()).map_err(|e| TpmError::Invalid(e.to_string()))?,
-        )
-        .with_keyed_hash_parameters(PublicKeyedHashParameters::new(KeyedHashScheme::Null))
-        .with_keyed_hash_unique_identifier(Digest::default())
-        .build()
-        .map_err(|e| TpmError::Invalid(format!("sealed object template: {e}")))?;
-    let data = SensitiveData::try_from(secret.expose().to_vec())
-        .map_err(|e| TpmError::Invalid(format!("secret too long to seal: {e}")))?;
-    let auth_value = auth
-        .map(|a| Auth::try_from(a.expose().to_vec()))
-        .transpose()
-        .map_err(|e| TpmError::Invalid(format!("PIN auth value: {e}")))?;
+/// The TPMT_PUBLIC of a sealed data object: SHA-256 names, bound to this TPM and parent,
+/// usable only through `policy`; noDA unless a PIN protects it.
+fn template(policy: &PolicyDigest, dictionary_attack_protected: bool) -> Vec<u8> {
+    let mut attributes = TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT;
+    if !dictionary_attack_protected {
+        attributes |= TPMA_OBJECT_NODA;
+    }
+    let mut t = Vec::with_capacity(48);
+    t.extend_from_slice(&TPM2_ALG_KEYEDHASH.to_be_bytes());
+    t.extend_from_slice(&PcrBank::Sha256.alg_id().to_be_bytes());
+    t.extend_from_slice(&attributes.to_be_bytes());
+    t.extend_from_slice(&(policy.len() as u16).to_be_bytes());
+    t.extend_from_slice(policy);
+    t.extend_from_slice(&TPM2_ALG_NULL.to_be_bytes()); // keyedHash scheme
+    t.extend_from_slice(&0u16.to_be_bytes()); // unique: empty
+    t
+}
 
-    // The secret and the PIN travel in TPM2_Create's first parameter: encrypt it. A salted
-    // session whose key the client derived differently from the TPM (tpm2-tss dropped
-    // leading zeros of the ECDH secret: 1 session in 256) fails with an authorization
-    // error that has no dictionary-attack effect (the SRK is noDA): try a new one.
-    let mut attempt = 0;
-    let created = loop {
-        attempt += 1;
-        let hmac = session::start(
-            ctx,
-            parent,
-            SessionType::Hmac,
-            Encrypt {
-                command: true,
-                response: false,
-            },
+impl Tpm {
+    /// Seals `secret` under the storage key `parent` so that only a session satisfying
+    /// `policy` can unseal it. With `auth` (the stretched PIN) the object is
+    /// dictionary-attack protected; without, it is noDA so failed unlocks at boot never
+    /// lock the TPM out.
+    pub fn seal(
+        &mut self,
+        parent: &Srk,
+        secret: &Secret,
+        policy: &PolicyDigest,
+        auth: Option<&Secret>,
+    ) -> Result<SealedObject, TpmError> {
+        let mut tr = self.recorded_key(parent.handle, &parent.public)?;
+        let result = self.seal_under(tr, secret, policy, auth);
+        self.close(&mut tr);
+        result
+    }
+
+    fn seal_under(
+        &mut self,
+        parent: ESYS_TR,
+        secret: &Secret,
+        policy: &PolicyDigest,
+        auth: Option<&Secret>,
+    ) -> Result<SealedObject, TpmError> {
+        // SAFETY: plain data; all zeros is valid.
+        let mut public: TPM2B_PUBLIC = unsafe { std::mem::zeroed() };
+        public.publicArea = unmarshal(
+            &template(policy, auth.is_some()),
+            Tss2_MU_TPMT_PUBLIC_Unmarshal,
+            "TPMT_PUBLIC",
         )?;
-        let created = ctx.execute_with_session(Some(hmac), |c| {
-            c.create(
-                parent,
-                template.clone(),
-                auth_value.clone(),
-                Some(data.clone()),
-                None,
-                None,
-            )
-        });
-        session::flush(ctx, hmac);
-        match created {
-            Err(e) if kind_of(&e) == RcKind::AuthFail && attempt < 4 => continue,
-            other => break other.map_err(|e| command_error("Create", e))?,
+        // SAFETY: plain data; all zeros is valid.
+        let mut sensitive: TPM2B_SENSITIVE_CREATE = unsafe { std::mem::zeroed() };
+        let data = &mut sensitive.sensitive.data;
+        if secret.len() > data.buffer.len() {
+            return Err(TpmError::Invalid("secret too long to seal".into()));
         }
-    };
+        data.size = secret.len() as u16;
+        data.buffer[..secret.len()].copy_from_slice(secret.expose());
+        if let Some(auth) = auth {
+            let user = &mut sensitive.sensitive.userAuth;
+            if auth.len() > user.buffer.len() {
+                sensitive.sensitive.data.buffer.zeroize();
+                return Err(TpmError::Invalid("PIN auth value too long".into()));
+            }
+            user.size = auth.len() as u16;
+            user.buffer[..auth.len()].copy_from_slice(auth.expose());
+        }
+        let result = self.create_in_sessions(parent, &sensitive, &public);
+        sensitive.sensitive.data.buffer.zeroize();
+        sensitive.sensitive.userAuth.buffer.zeroize();
+        result
+    }
 
-    let mut private = (created.out_private.len() as u16).to_be_bytes().to_vec();
-    private.extend_from_slice(created.out_private.value());
-    Ok(SealedObject {
-        private,
-        public: public_to_tpm2b(&created.out_public)?,
-    })
+    /// The secret and the PIN travel in TPM2_Create's first parameter: a salted session
+    /// encrypts it. A session whose key the client derived differently from the TPM
+    /// (tpm2-tss dropped leading zeros of the ECDH secret: 1 session in 256) fails with an
+    /// authorization error that has no dictionary-attack effect (the SRK is noDA): retry.
+    fn create_in_sessions(
+        &mut self,
+        parent: ESYS_TR,
+        sensitive: &TPM2B_SENSITIVE_CREATE,
+        public: &TPM2B_PUBLIC,
+    ) -> Result<SealedObject, TpmError> {
+        let usage = SessionUse {
+            encrypt_command: true,
+            encrypt_response: false,
+            keep: false,
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let session = self.start_session(parent, SessionKind::Hmac, PcrBank::Sha256, usage)?;
+            // SAFETY: plain data; all zeros is valid.
+            let (outside, pcrs) = unsafe {
+                (
+                    std::mem::zeroed::<TPM2B_DATA>(),
+                    std::mem::zeroed::<TPML_PCR_SELECTION>(),
+                )
+            };
+            let mut out_private = EsysBox::<TPM2B_PRIVATE>::null();
+            let mut out_public = EsysBox::<TPM2B_PUBLIC>::null();
+            // SAFETY: pointers to live locals; outputs are freed by their boxes.
+            let rc = unsafe {
+                Esys_Create(
+                    self.ctx,
+                    parent,
+                    session,
+                    ESYS_TR_NONE,
+                    ESYS_TR_NONE,
+                    sensitive,
+                    public,
+                    &outside,
+                    &pcrs,
+                    &mut out_private.0,
+                    &mut out_public.0,
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                    ptr::null_mut(),
+                )
+            };
+            match check("Create", rc) {
+                // Create ended the session (continueSession clear).
+                Ok(()) => {
+                    let mut ended = session;
+                    self.close(&mut ended);
+                }
+                Err(e) => {
+                    self.flush(session);
+                    if classify(e.1) == RcKind::AuthFail && attempt < SESSION_ATTEMPTS {
+                        continue;
+                    }
+                    return Err(generic(e));
+                }
+            }
+            let (Some(private), Some(public)) = (out_private.get(), out_public.get()) else {
+                return Err(TpmError::Invalid("Create returned no object".into()));
+            };
+            return Ok(SealedObject {
+                private: marshal(private, Tss2_MU_TPM2B_PRIVATE_Marshal, "TPM2B_PRIVATE")?,
+                public: marshal(public, Tss2_MU_TPM2B_PUBLIC_Marshal, "TPM2B_PUBLIC")?,
+            });
+        }
+    }
 }
 
 #[cfg(test)]
@@ -165,5 +246,17 @@ mod tests {
         assert!(SealedObject::from_blob(&[]).is_err());
         assert!(SealedObject::from_blob(&[0, 4, 1, 2]).is_err());
         assert!(SealedObject::from_blob(&[0, 1, 9]).is_err());
+    }
+
+    #[test]
+    fn template_is_a_sealed_data_object_with_the_policy() {
+        let t = template(&[7u8; 32], false);
+        let mut tpm2b = (t.len() as u16).to_be_bytes().to_vec();
+        tpm2b.extend_from_slice(&t);
+        let area = PublicArea::parse(&tpm2b).unwrap();
+        assert_eq!(area.kind, TPM2_ALG_KEYEDHASH);
+        assert_eq!(area.attributes, 0x412);
+        assert_eq!(area.auth_policy, vec![7u8; 32]);
+        assert_eq!(template(&[0u8; 32], true)[4..8], 0x12u32.to_be_bytes());
     }
 }

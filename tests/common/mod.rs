@@ -9,7 +9,6 @@ use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
@@ -114,25 +113,51 @@ impl Swtpm {
         self.child.take()
     }
 
-    pub fn context(&self) -> tss_esapi::Context {
-        let conf = tss_esapi::tcti_ldr::TctiNameConf::from_str(&self.tcti()).expect("tcti");
-        tss_esapi::Context::new(conf).expect("connect to swtpm")
+    /// Runs a tpm2-tools command against this TPM: an implementation independent of
+    /// sealroot's, so the tests do not check sealroot against itself. Returns stdout.
+    pub fn tools(&self, args: &[&str]) -> String {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.tcti())
+            .output()
+            .expect("run tpm2-tools");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Extends `pcr` in the sha256 bank (what a firmware or bootloader would do).
     pub fn extend(&self, pcr: u32, data: &[u8]) {
-        use sealroot::tpm::pcr::{PcrBank, extend_event};
-        let mut ctx = self.context();
-        extend_event(&mut ctx, pcr, &[PcrBank::Sha256], data).expect("extend");
+        self.extend_banks(pcr, &[sealroot::tpm::pcr::PcrBank::Sha256], data);
+    }
+
+    /// Extends `pcr` in each of `banks` with the bank's digest of `data` (TPM2_PCR_Extend).
+    pub fn extend_banks(&self, pcr: u32, banks: &[sealroot::tpm::pcr::PcrBank], data: &[u8]) {
+        let digests: Vec<String> = banks
+            .iter()
+            .map(|b| format!("{}={}", b.name(), hex::encode(b.hash(data))))
+            .collect();
+        self.tools(&["tpm2_pcrextend", &format!("{pcr}:{}", digests.join(","))]);
     }
 
     pub fn read(&self, pcr: u32) -> Vec<u8> {
-        use sealroot::tpm::pcr::{PcrBank, read};
-        let mut ctx = self.context();
-        read(&mut ctx, PcrBank::Sha256, &[pcr])
-            .expect("read")
-            .remove(&pcr)
-            .expect("value")
+        self.read_bank(sealroot::tpm::pcr::PcrBank::Sha256, pcr)
+    }
+
+    /// One PCR's value, read with tpm2_pcrread ("  7 : 0x…").
+    pub fn read_bank(&self, bank: sealroot::tpm::pcr::PcrBank, pcr: u32) -> Vec<u8> {
+        let out = self.tools(&["tpm2_pcrread", &format!("{}:{pcr}", bank.name())]);
+        let value = out
+            .lines()
+            .find_map(|l| {
+                let (index, value) = l.split_once(':')?;
+                (index.trim() == pcr.to_string()).then(|| value.trim().trim_start_matches("0x"))
+            })
+            .expect("tpm2_pcrread printed the PCR");
+        hex::decode(value).expect("hex PCR value")
     }
 }
 

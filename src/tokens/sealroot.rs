@@ -9,10 +9,11 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::{Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan};
+use crate::tpm::object::PublicArea;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::policy::{PolicySpec, pcr_values_digest};
 use crate::tpm::seal::SealedObject;
-use crate::tpm::srk::public_from_tpm2b;
 
 pub const TOKEN_TYPE: &str = "sealroot";
 /// Marks the keyslot of a recovery key, so `status` can name it and `remove --all` keeps it.
@@ -160,7 +161,7 @@ impl SealrootToken {
         let srk_public = B64
             .decode(&json.tpm2_srk_public)
             .map_err(|e| bad(format!("tpm2_srk_public is not base64: {e}")))?;
-        public_from_tpm2b(&srk_public).map_err(|e| bad(format!("tpm2_srk_public: {e}")))?;
+        PublicArea::parse(&srk_public).map_err(|e| bad(format!("tpm2_srk_public: {e}")))?;
         let bank: PcrBank = json.tpm2_pcr_bank.parse().map_err(bad)?;
 
         let mut indexes = json.tpm2_pcrs.clone();
@@ -248,18 +249,31 @@ impl SealrootToken {
     }
 }
 
-/// The keyslots a token of any type claims (LUKS2 stores them as decimal strings).
-pub fn token_keyslots(json: &Value) -> Vec<u32> {
-    json.get("keyslots")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|k| k.as_str().and_then(|s| s.parse().ok()))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-pub fn token_type(json: &Value) -> &str {
-    json.get("type").and_then(Value::as_str).unwrap_or("?")
+/// A sealroot token as a plan: the parent recorded at enrollment, the PCR values the TPM
+/// checks at PolicyPCR, the fence, base64 of the secret as the passphrase.
+pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
+    let token = SealrootToken::from_json(id, json)
+        .map_err(|e| PlanError(format!("{e}; use `sealroot recover`, then re-enroll")))?;
+    Ok(UnsealPlan {
+        kind: TOKEN_TYPE,
+        id,
+        keyslot: token.keyslot,
+        pcrs: token.pcr_indexes(),
+        sealed: token.sealed,
+        parent: ParentSpec::Recorded {
+            handle: token.srk_handle,
+            public: token.srk_public,
+        },
+        session_hash: PcrBank::Sha256,
+        bank: token.bank,
+        pcr_values: Some(token.pcrs),
+        expected_policy: None,
+        pin: token.pin.map(|p| PinDerivation::Salted {
+            salt: p.salt,
+            iterations: p.iterations,
+        }),
+        finish: Finish::Base64,
+        signed: None,
+        fence_pcr: token.fence_pcr,
+    })
 }

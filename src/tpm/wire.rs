@@ -1,7 +1,17 @@
 //! Wire helpers: ESAPI return codes, TPM2B structures, PCR selections, ESYS_TR
 //! serialization.
 
-use super::*;
+use tss_esapi_sys::{
+    TPM2B_AUTH, TPM2B_DIGEST, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION, TPMS_PCR_SELECTION,
+    TSS2_RC, Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal,
+};
+
+use super::error::TpmError;
+use super::object::name_of;
+use super::pcr::PcrBank;
+
+/// IESYSC_KEY_RSRC: the resource type of a key in a serialized ESYS_TR.
+const IESYSC_KEY_RSRC: u32 = 1;
 
 pub(super) fn check(op: &'static str, rc: TSS2_RC) -> Result<(), (&'static str, u32)> {
     if rc == 0 { Ok(()) } else { Err((op, rc)) }
@@ -14,8 +24,7 @@ pub(super) fn generic((op, rc): (&'static str, u32)) -> TpmError {
 /// The ESAPI serialization of a key's ESYS_TR (IESYS_RESOURCE): `u32 handle ‖ TPM2B_NAME ‖
 /// u32 IESYSC_KEY_RSRC ‖ TPM2B_PUBLIC` — systemd stores the same bytes as `tpm2_srk`.
 pub fn serialized_key_resource(handle: u32, public_tpm2b: &[u8]) -> Result<Vec<u8>, TpmError> {
-    let public = crate::tpm::srk::public_from_tpm2b(public_tpm2b)?;
-    let name = crate::tpm::srk::name_of(&public)?;
+    let name = name_of(public_tpm2b)?;
     let mut out = Vec::with_capacity(12 + name.len() + public_tpm2b.len());
     out.extend_from_slice(&handle.to_be_bytes());
     out.extend_from_slice(&(name.len() as u16).to_be_bytes());
@@ -27,15 +36,15 @@ pub fn serialized_key_resource(handle: u32, public_tpm2b: &[u8]) -> Result<Vec<u
 
 pub(super) type Unmarshal<T> = unsafe extern "C" fn(*const u8, u64, *mut u64, *mut T) -> TSS2_RC;
 
-/// A TPM2B structure from wire bytes, all of them.
+/// A TPM structure from wire bytes, all of them.
 pub(super) fn unmarshal<T>(bytes: &[u8], f: Unmarshal<T>, what: &str) -> Result<T, TpmError> {
-    // SAFETY: only instantiated with TPM2B_* structs: plain data, all zeros is valid.
+    // SAFETY: only instantiated with TPM2B_*/TPMT_* structs: plain data, all zeros is valid.
     let mut out: T = unsafe { std::mem::zeroed() };
     let mut offset = 0u64;
     // SAFETY: the buffer and output are live; the MU function checks bounds.
     let rc = unsafe { f(bytes.as_ptr(), bytes.len() as u64, &mut offset, &mut out) };
     if rc != 0 || offset != bytes.len() as u64 {
-        return Err(TpmError::Invalid(format!("bad {what} in the sealed blob")));
+        return Err(TpmError::Invalid(format!("bad {what}")));
     }
     Ok(out)
 }
@@ -46,6 +55,24 @@ pub(super) fn unmarshal_private(bytes: &[u8]) -> Result<TPM2B_PRIVATE, TpmError>
 
 pub(super) fn unmarshal_public(bytes: &[u8]) -> Result<TPM2B_PUBLIC, TpmError> {
     unmarshal(bytes, Tss2_MU_TPM2B_PUBLIC_Unmarshal, "TPM2B_PUBLIC")
+}
+
+pub(super) type Marshal<T> = unsafe extern "C" fn(*const T, *mut u8, u64, *mut u64) -> TSS2_RC;
+
+/// Wire bytes of a TPM structure.
+pub(super) fn marshal<T>(value: &T, f: Marshal<T>, what: &str) -> Result<Vec<u8>, TpmError> {
+    // Large enough for any TPM2B_PUBLIC or TPM2B_PRIVATE.
+    let mut buf = vec![0u8; 4096];
+    let mut offset = 0u64;
+    // SAFETY: value and buf are live; the MU function checks bounds.
+    let rc = unsafe { f(value, buf.as_mut_ptr(), buf.len() as u64, &mut offset) };
+    if rc != 0 {
+        return Err(TpmError::Invalid(format!(
+            "cannot marshal {what} (0x{rc:x})"
+        )));
+    }
+    buf.truncate(offset as usize);
+    Ok(buf)
 }
 
 pub(super) fn tpm2b_digest(bytes: &[u8]) -> Result<TPM2B_DIGEST, TpmError> {
@@ -79,6 +106,35 @@ pub(super) fn pcr_selection(bank: PcrBank, pcrs: &[u32]) -> TPML_PCR_SELECTION {
     list.count = 1;
     list.pcrSelections[0] = sel;
     list
+}
+
+/// A pointer filled by ESAPI, freed with Esys_Free when dropped.
+pub(super) struct EsysBox<T>(pub(super) *mut T);
+
+impl<T> EsysBox<T> {
+    pub(super) fn null() -> EsysBox<T> {
+        EsysBox(std::ptr::null_mut())
+    }
+
+    /// The value, if ESAPI filled it.
+    pub(super) fn get(&self) -> Option<&T> {
+        // SAFETY: null or a valid allocation by ESAPI, alive until drop.
+        unsafe { self.0.as_ref() }
+    }
+
+    pub(super) fn get_mut(&mut self) -> Option<&mut T> {
+        // SAFETY: as above.
+        unsafe { self.0.as_mut() }
+    }
+}
+
+impl<T> Drop for EsysBox<T> {
+    fn drop(&mut self) {
+        if !self.0.is_null() {
+            // SAFETY: allocated by ESAPI, freed once.
+            unsafe { tss_esapi_sys::Esys_Free(self.0.cast()) };
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,10 +1,27 @@
-//! Policy assertions beyond PolicyPCR's expected digest: signed PCR policies
-//! (PolicyAuthorize with a ticket from VerifySignature) and reading the session digest.
+//! Policy assertions in a policy session: PolicyPCR, PolicyAuthValue, signed PCR policies
+//! (PolicyAuthorize with a ticket from VerifySignature), and reading the session digest.
+//! The same digests computed in software are in `policy`.
 
-use super::wire::*;
-use super::*;
+use std::ptr;
 
-impl Esys {
+use sha2::{Digest as _, Sha256};
+use tss_esapi_sys::{
+    ESYS_TR, ESYS_TR_NONE, Esys_LoadExternal, Esys_PolicyAuthValue, Esys_PolicyAuthorize,
+    Esys_PolicyGetDigest, Esys_PolicyPCR, Esys_TR_GetName, Esys_VerifySignature, TPM2B_DIGEST,
+    TPM2B_NAME, TPM2B_NONCE, TPM2B_PUBLIC, TPMT_SIGNATURE, TPMT_TK_VERIFIED,
+    Tss2_MU_TPMT_PUBLIC_Unmarshal,
+};
+
+use super::context::Tpm;
+use super::error::{RcKind, TpmError, classify};
+use super::pcr::PcrBank;
+use super::unseal::SignedPolicy;
+use super::wire::{EsysBox, check, generic, pcr_selection, tpm2b_digest, unmarshal};
+
+const TPM2_ALG_RSASSA: u16 = 0x0014;
+const TPM2_RH_OWNER: u32 = 0x4000_0001;
+
+impl Tpm {
     /// PolicyPCR over the signed PCRs, then PolicyAuthorize with a signature of the
     /// resulting digest by the token's key (LoadExternal + VerifySignature for the ticket).
     pub(super) fn policy_authorize(
@@ -71,8 +88,8 @@ impl Esys {
             signature.signature.rsassa.sig.size = sig.len() as u16;
             signature.signature.rsassa.sig.buffer[..sig.len()].copy_from_slice(sig);
         }
-        let mut ticket: *mut TPMT_TK_VERIFIED = ptr::null_mut();
-        // SAFETY: pointers to live locals; ticket is freed below.
+        let mut ticket = EsysBox::<TPMT_TK_VERIFIED>::null();
+        // SAFETY: pointers to live locals; ticket is freed by its box.
         let rc = unsafe {
             Esys_VerifySignature(
                 self.ctx,
@@ -82,7 +99,7 @@ impl Esys {
                 ESYS_TR_NONE,
                 &digest,
                 &signature,
-                &mut ticket,
+                &mut ticket.0,
             )
         };
         check("VerifySignature", rc).map_err(|e| TpmError::PolicyMismatch {
@@ -91,10 +108,10 @@ impl Esys {
                 e.1
             ),
         })?;
-        let mut name: *mut TPM2B_NAME = ptr::null_mut();
-        // SAFETY: name receives an ESAPI allocation, freed below.
-        let rc = unsafe { Esys_TR_GetName(self.ctx, key, &mut name) };
-        let result = check("TR_GetName", rc).map_err(generic).and_then(|_| {
+        let mut name = EsysBox::<TPM2B_NAME>::null();
+        // SAFETY: name receives an ESAPI allocation, freed by its box.
+        let rc = unsafe { Esys_TR_GetName(self.ctx, key, &mut name.0) };
+        check("TR_GetName", rc).map_err(generic).and_then(|_| {
             let approved = tpm2b_digest(approved)?;
             // SAFETY: plain data; an empty policyRef.
             let policy_ref: TPM2B_NONCE = unsafe { std::mem::zeroed() };
@@ -108,22 +125,12 @@ impl Esys {
                     ESYS_TR_NONE,
                     &approved,
                     &policy_ref,
-                    name,
-                    ticket,
+                    name.0,
+                    ticket.0,
                 )
             };
             check("PolicyAuthorize", rc).map_err(generic)
-        });
-        // SAFETY: both allocated by ESAPI (or null).
-        unsafe {
-            if !name.is_null() {
-                Esys_Free(name.cast());
-            }
-            if !ticket.is_null() {
-                Esys_Free(ticket.cast());
-            }
-        }
-        result
+        })
     }
 
     /// PolicyPCR; with `expected` (a digest of the expected values) the TPM compares at
@@ -158,9 +165,17 @@ impl Esys {
         })
     }
 
+    pub(super) fn policy_auth_value(&mut self, session: ESYS_TR) -> Result<(), TpmError> {
+        // SAFETY: session is live.
+        let rc = unsafe {
+            Esys_PolicyAuthValue(self.ctx, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE)
+        };
+        check("PolicyAuthValue", rc).map_err(generic)
+    }
+
     pub(super) fn policy_digest(&mut self, session: ESYS_TR) -> Result<Vec<u8>, TpmError> {
-        let mut digest: *mut TPM2B_DIGEST = ptr::null_mut();
-        // SAFETY: digest receives an ESAPI allocation, freed below.
+        let mut digest = EsysBox::<TPM2B_DIGEST>::null();
+        // SAFETY: digest receives an ESAPI allocation, freed by its box.
         let rc = unsafe {
             Esys_PolicyGetDigest(
                 self.ctx,
@@ -168,17 +183,14 @@ impl Esys {
                 ESYS_TR_NONE,
                 ESYS_TR_NONE,
                 ESYS_TR_NONE,
-                &mut digest,
+                &mut digest.0,
             )
         };
         check("PolicyGetDigest", rc).map_err(generic)?;
-        // SAFETY: valid on success, freed right after reading.
-        let out = unsafe {
-            let d = &*digest;
-            let v = d.buffer[..usize::from(d.size).min(64)].to_vec();
-            Esys_Free(digest.cast());
-            v
-        };
+        let out = digest
+            .get()
+            .map(|d| d.buffer[..usize::from(d.size).min(64)].to_vec())
+            .ok_or_else(|| TpmError::Invalid("PolicyGetDigest returned nothing".into()))?;
         Ok(out)
     }
 }
