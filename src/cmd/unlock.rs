@@ -123,18 +123,18 @@ fn unlock_volume(
     log::debug!("{}: LUKS2 header loaded", device.display());
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
+    // sealroot's own tokens first, then what systemd-cryptenroll and clevis enrolled, each
+    // group in token order.
     let mut entries: Vec<_> = vol
         .tokens()
         .map_err(|e| fail(e.into()))?
         .into_iter()
-        .filter_map(|t| Some((t.id, tokens::plan(t.id, &t.json)?)))
+        .filter_map(|t| {
+            let order = tokens::unlock_order(tokens::token_type(&t.json));
+            Some((order, t.id, tokens::plan(t.id, &t.json)?))
+        })
         .collect();
-    // sealroot's own tokens first, then what systemd-cryptenroll and clevis enrolled, each
-    // group in token order.
-    entries.sort_by_key(|(id, plan)| {
-        let kind = plan.as_ref().map_or(sealroot::TOKEN_TYPE, |p| p.kind);
-        (tokens::unlock_order(kind), *id)
-    });
+    entries.sort_by_key(|(order, id, _)| (*order, *id));
     if entries.is_empty() {
         return Err(fail(Error::NoUsableToken(format!(
             "no sealroot, systemd-tpm2 or clevis token on {}; enroll one with `sealroot enroll`, or use `sealroot recover`",
@@ -143,7 +143,7 @@ fn unlock_volume(
     }
     let mut best: Option<Error> = None;
     let count = entries.len();
-    for (n, (id, planned)) in entries.into_iter().enumerate() {
+    for (n, (_, id, planned)) in entries.into_iter().enumerate() {
         let attempt = planned
             .map_err(|e| Error::NoUsableToken(e.to_string()))
             .and_then(|mut plan| {

@@ -429,6 +429,23 @@ mod tests {
         );
     }
 
+    // tokens-systemd.md §11.3: systemd-cryptenroll 252, signed PCR 11 + literal PCR 7.
+    const SIGNED_TOKEN: &str = r#"{"type":"systemd-tpm2","keyslots":["4"],"tpm2-blob":"AJ4AIOJBjaO79m0OXsFx3yc0110hAjndy+r7kSOLqEhiiFHnABC/5EicOQj8+RwOBmiSs4W7ayYgt7bwjc3B4htzu6Az+7kIdER+mJflIPECmUXSox/h/+73rQnsrmX5JdqTrlNMgvbN9/b31zPNHw45+Mybldb9NSjEpEnuzWuyoKlcgxwyNIebNPdLNH/6zgIowiVbXZQ0+m3NoKXWvQBOAAgACwAAABIAIMQr0l3F200ZyCpAEbgRmXEXTBbp6Poi5f9poXJKs7zjABAAIDbubpsDVkRIndV13Ub6b4cu/alPsbu1adohiJRaqhbO","tpm2-pcrs":[7],"tpm2-pcr-bank":"sha256","tpm2-primary-alg":"ecc","tpm2-policy-hash":"c42bd25dc5db4d19c82a4011b8119971174c16e9e8fa22e5ff69a1724ab3bce3","tpm2-pin":false,"tpm2_pubkey_pcrs":[11],"tpm2_pubkey":"LS0tLS1CRUdJTiBQVUJMSUMgS0VZLS0tLS0KTUlJQklqQU5CZ2txaGtpRzl3MEJBUUVGQUFPQ0FROEFNSUlCQ2dLQ0FRRUE4cHJZSVZOU0pOTktzL3NtUm1NbApHcElTdzVseEpEbGpLbm1PNDVqZDB0S2lIMUNiM2s1KzBaclBQV0JtOWk4bERTZHJXL0owSncxSHQ3Y2g4S3dECkF6TlRLRXNRYnZyWEZvZWpTcEJZMzJRNHZlWUJtUE1TTXR4OHVUeWU0bG44UzZPOE9yeTZkcFNYVk5zSFVJMEIKYUllckF0d3B0bGIzR2RiM0VhWXF4REtEZVpQVFRBc3VxU2lzYm96NWpnSEVOdU1lcThNeGh5bnI5bTJCUXRQYwpwN092OVlRb1RmR2xVSjgvc0JiVEJZOWFVWmtYQXhHZmZlZVp3ZUY0c3ZoU1hOSDNxdFFlcC96dFJRK1RWTWxVCnNMNVVoMkVaWnk3QzFzcmtRV29IbkFEU0M5SGJ2OHVQOXB2VkpibVhLRkF4Y3JGT0NmTVc1MVkySjZGNmFJMHoKaVFJREFRQUIKLS0tLS1FTkQgUFVCTElDIEtFWS0tLS0tCg=="}"#;
+
+    #[test]
+    fn signed_policy_digest_in_software_matches_the_token() {
+        let json: Value = serde_json::from_str(SIGNED_TOKEN).unwrap();
+        let plan = plan(4, &json).unwrap().unwrap();
+        assert!(plan.signed.is_some());
+        let zeros = [(7, vec![0u8; 32])];
+        assert_eq!(Some(plan.policy_digest(&zeros)), plan.expected_policy);
+        // Without an approval for the current PCR 11, the check says so, not "PCR 7".
+        let mut now = BTreeMap::new();
+        now.insert((PcrBank::Sha256, 7), vec![0u8; 32]);
+        now.insert((PcrBank::Sha256, 11), vec![0u8; 32]);
+        assert_eq!(plan.check(&now), PolicyCheck::Unapproved { pcrs: vec![11] });
+    }
+
     #[test]
     fn resets_explain_a_single_extended_pcr() {
         let bank = PcrBank::Sha256;

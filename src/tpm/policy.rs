@@ -1,6 +1,7 @@
 //! Policy digests computed in software (TPM 2.0 Part 1 §19.7, Part 3 §23), so a key can be
-//! sealed to expected PCR values rather than to whatever the TPM holds right now. The
-//! session hash is always SHA-256; PCR values come from the chosen bank.
+//! sealed to expected PCR values rather than to whatever the TPM holds right now, and
+//! `status` can tell whether a token's policy holds without asking the TPM to unseal.
+//! The same assertions sent to the TPM are in `policy_session`.
 
 use sha2::{Digest, Sha256};
 
@@ -22,15 +23,13 @@ pub struct PolicySpec<'a> {
 }
 
 impl PolicySpec<'_> {
+    /// The digest in a SHA-256 session (sealroot's objects always use one).
     pub fn digest(&self) -> PolicyDigest {
-        let mut d = [0u8; 32];
-        if !self.pcrs.is_empty() {
-            d = policy_pcr(&d, self.bank, self.pcrs);
-        }
-        if self.pin {
-            d = policy_auth_value(&d);
-        }
-        d
+        let b = PolicyBuilder::new(PcrBank::Sha256).pcr(self.bank, self.pcrs);
+        let d = if self.pin { b.auth_value() } else { b }.digest();
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&d);
+        out
     }
 }
 
@@ -43,17 +42,6 @@ pub fn pcr_values_digest(pcrs: &[(u32, Vec<u8>)]) -> [u8; 32] {
     for (_, v) in sorted {
         h.update(v);
     }
-    h.finalize().into()
-}
-
-/// `d' = H(d ‖ TPM_CC_PolicyPCR ‖ TPML_PCR_SELECTION ‖ pcrDigest)`.
-pub fn policy_pcr(d: &PolicyDigest, bank: PcrBank, pcrs: &[(u32, Vec<u8>)]) -> PolicyDigest {
-    let indexes: Vec<u32> = pcrs.iter().map(|(i, _)| *i).collect();
-    let mut h = Sha256::new();
-    h.update(d);
-    h.update(TPM_CC_POLICY_PCR.to_be_bytes());
-    h.update(pcr_selection_bytes(bank, &indexes));
-    h.update(pcr_values_digest(pcrs));
     h.finalize().into()
 }
 
@@ -117,26 +105,6 @@ impl PolicyBuilder {
     }
 }
 
-/// The policy a foreign token's object carries, when it is PolicyPCR over the current
-/// values (plus PolicyAuthValue), in a session of hash `session` (clevis may use sha1).
-pub fn foreign_policy(
-    session: PcrBank,
-    bank: PcrBank,
-    pcrs: &[(u32, Vec<u8>)],
-    pin: bool,
-) -> Vec<u8> {
-    let b = PolicyBuilder::new(session).pcr(bank, pcrs);
-    if pin { b.auth_value() } else { b }.digest()
-}
-
-/// `d' = H(d ‖ TPM_CC_PolicyAuthValue)`.
-pub fn policy_auth_value(d: &PolicyDigest) -> PolicyDigest {
-    let mut h = Sha256::new();
-    h.update(d);
-    h.update(TPM_CC_POLICY_AUTH_VALUE.to_be_bytes());
-    h.finalize().into()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,16 +161,34 @@ mod tests {
     }
 
     #[test]
-    fn foreign_policy_matches_the_vectors() {
+    fn builder_matches_the_vectors() {
         let pcrs = [(7, hex("ce84b09003dfa89b8e8bc7d9e4812047ec5c4682"))];
         assert_eq!(
-            foreign_policy(PcrBank::Sha256, PcrBank::Sha1, &pcrs, false),
+            PolicyBuilder::new(PcrBank::Sha256)
+                .pcr(PcrBank::Sha1, &pcrs)
+                .digest(),
             hex("e5949c41eafd0f94041c6b8995be624e914083d886e28a9b3f7a0838f80f0adf")
         );
         let zeros = [(0, vec![0u8; 32]), (7, vec![0u8; 32])];
         assert_eq!(
-            foreign_policy(PcrBank::Sha256, PcrBank::Sha256, &zeros, true),
+            PolicyBuilder::new(PcrBank::Sha256)
+                .pcr(PcrBank::Sha256, &zeros)
+                .auth_value()
+                .digest(),
             hex("a459f3351d48706d42b6a920938f56e28b7356602a02784cf0f37b6f5aeb068c")
+        );
+    }
+
+    #[test]
+    fn authorize_matches_the_systemd_vector() {
+        // tokens-systemd.md §11.4: PolicyAuthorize with the v252 signing key, empty ref.
+        let name = hex("000b5b79b900c9f5d693ba806fad40f663369a4c1b2a580829fec0e6067ef007778d");
+        let d = PolicyBuilder::new(PcrBank::Sha256)
+            .authorize(&name, &[])
+            .digest();
+        assert_eq!(
+            d,
+            hex("8098af72bb5d9937d444c1d9d158941ffd6de3a8bdb77fdcf6846736aefb72f8")
         );
     }
 
