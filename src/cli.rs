@@ -93,9 +93,22 @@ pub enum Command {
         /// (default: tpm2-pcr-signature.json where systemd looks for it).
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
-        /// Do not extend the fence PCR afterwards.
+        /// Do not extend the fence PCR afterwards (tests and tooling).
         #[arg(long)]
         no_fence: bool,
+        /// Trusted configuration (the initrd scripts pass it from /etc/sealroot/initrd.conf):
+        /// the fence PCR, extended after every attempt; sealroot tokens sealed with another
+        /// (or none) are refused. `none`: no fence, for tooling outside the boot path.
+        #[arg(long, value_name = "N|none", default_value = "15", value_parser = parse_fence)]
+        fence_pcr: FencePcr,
+        /// Trusted configuration: the persistent handle of the storage key every token's
+        /// parent must be.
+        #[arg(long, value_name = "HANDLE", default_value = "0x81000001", value_parser = parse_handle)]
+        srk_handle: u32,
+        /// Trusted configuration: that key's TPM Name (hex), pinned when the initrd was
+        /// built; without it the TPM's key is read (one more TPM command).
+        #[arg(long, value_name = "HEX", value_parser = parse_name)]
+        srk_name: Option<SrkName>,
         #[command(flatten)]
         tcti: TctiArg,
     },
@@ -157,6 +170,24 @@ fn parse_pcrs(s: &str) -> Result<PcrList, String> {
     parse_pcr_list(s).map(PcrList)
 }
 
+fn parse_handle(s: &str) -> Result<u32, String> {
+    s.strip_prefix("0x")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
+        .ok_or_else(|| format!("'{s}' is not a persistent handle (0x81000000-0x81ffffff)"))
+}
+
+#[derive(Clone, Debug)]
+pub struct SrkName(pub Vec<u8>);
+
+fn parse_name(s: &str) -> Result<SrkName, String> {
+    hex::decode(s)
+        .ok()
+        .filter(|n| n.len() == 34 && n[..2] == [0x00, 0x0b])
+        .map(SrkName)
+        .ok_or_else(|| "an SRK Name is 34 bytes of hex starting 000b (SHA-256)".to_string())
+}
+
 #[derive(Clone, Copy, Debug)]
 pub struct FencePcr(pub Option<u32>);
 
@@ -165,7 +196,10 @@ fn parse_fence(s: &str) -> Result<FencePcr, String> {
         return Ok(FencePcr(None));
     }
     match parse_pcr_list(s)?.as_slice() {
-        [one] => Ok(FencePcr(Some(*one))),
+        [one] => {
+            sealroot::trust::check_fence(*one, &[])?;
+            Ok(FencePcr(Some(*one)))
+        }
         _ => Err("give one PCR number or 'none'".into()),
     }
 }

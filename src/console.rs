@@ -18,18 +18,35 @@ pub fn kmsg_enabled() -> bool {
     KMSG.load(Ordering::Relaxed)
 }
 
+/// A line safe for a terminal and the kernel log: messages quote header strings, and a
+/// control character there (an escape sequence) could redraw the screen into a fake
+/// prompt. Every control character becomes a visible `\u{..}`.
+pub fn escape(line: &str) -> String {
+    line.chars()
+        .map(|c| {
+            if c.is_control() {
+                format!("\\u{{{:x}}}", u32::from(c))
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// A problem: always shown.
 pub fn error(line: &str) {
+    let line = escape(line);
     eprintln!("sealroot: {line}");
-    to_kmsg(KERN_ERR, line);
+    to_kmsg(KERN_ERR, &line);
 }
 
 /// Progress worth a line in the initrd (shown only with --kmsg, where nobody watches stderr
 /// of a successful command otherwise).
 pub fn progress(line: &str) {
     if kmsg_enabled() {
+        let line = escape(line);
         eprintln!("sealroot: {line}");
-        to_kmsg(KERN_NOTICE, line);
+        to_kmsg(KERN_NOTICE, &line);
     }
 }
 
@@ -40,5 +57,16 @@ fn to_kmsg(level: u8, line: &str) {
     // One write per record; the kernel splits nothing and adds the timestamp.
     if let Ok(mut k) = std::fs::OpenOptions::new().write(true).open("/dev/kmsg") {
         let _ = k.write_all(format!("<{level}>sealroot: {line}\n").as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_made_visible() {
+        assert_eq!(escape("a\x1b[2Jb\nc\u{9b}d"), "a\\u{1b}[2Jb\\u{a}c\\u{9b}d");
+        assert_eq!(escape("plain, ünïcode"), "plain, ünïcode");
     }
 }

@@ -14,3 +14,4 @@ pub mod recovery;
 pub mod secret;
 pub mod tokens;
 pub mod tpm;
+pub mod trust;

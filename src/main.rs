@@ -21,16 +21,18 @@ fn main() -> ExitCode {
     quiet_library_log();
     // Secrets must never reach swap or a core dump.
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
+    // Nor can another process of the same user read them through ptrace or /proc/PID/mem.
+    let _ = nix::sys::prctl::set_dumpable(false);
     ExitCode::from(run(cli.command))
 }
 
 /// tpm2-tss prints its own warnings on stderr for every TPM error, including expected ones;
 /// keep them off unless the user asked for them.
 fn quiet_tss_log() {
-    if std::env::var_os("TSS2_LOG").is_none() {
-        // SAFETY: called first thing in main, before any other thread exists.
-        unsafe { std::env::set_var("TSS2_LOG", "all+none") };
-    }
+    // tpm2-tss at debug level prints the Unseal response and the key that decrypts it:
+    // its log is off whatever the environment (the kernel command line can set it).
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe { std::env::set_var("TSS2_LOG", "all+none") };
 }
 
 fn init_logging() {
@@ -95,6 +97,9 @@ fn run(command: Command) -> u8 {
             askpass,
             signature,
             no_fence,
+            fence_pcr,
+            srk_handle,
+            srk_name,
             tcti,
         } => {
             if pairs.len() % 2 != 0 {
@@ -114,6 +119,13 @@ fn run(command: Command) -> u8 {
                 askpass,
                 signature,
                 no_fence,
+                trust: sealroot::trust::Trust {
+                    fence_pcr: fence_pcr.0,
+                    parent: sealroot::tpm::srk::ExpectedParent {
+                        handle: srk_handle,
+                        name: srk_name.map(|n| n.0),
+                    },
+                },
             });
             if let Some(e) = &r.fence_error {
                 console::error(&format!("could not extend the fence PCR: {e}"));

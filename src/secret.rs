@@ -120,10 +120,22 @@ impl Secret {
 fn lock(buf: &[u8]) -> bool {
     // SAFETY: the range is a live allocation owned by the Secret for its whole life.
     let ptr = std::ptr::NonNull::new(buf.as_ptr() as *mut std::ffi::c_void);
-    match ptr {
+    let locked = match ptr {
         Some(p) => unsafe { nix::sys::mman::mlock(p, buf.len()).is_ok() },
-        None => false,
+        None => buf.is_empty(),
+    };
+    if !locked {
+        warn_once_unlocked();
     }
+    locked
+}
+
+/// Said once per run: secrets still work, but could reach swap.
+fn warn_once_unlocked() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        log::warn!("cannot mlock secret memory (RLIMIT_MEMLOCK?): secrets may reach swap");
+    });
 }
 
 impl Drop for Secret {

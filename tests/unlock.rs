@@ -83,11 +83,16 @@ fn fence_command_blocks_unlock() {
 }
 
 #[test]
-fn fence_none_enrollment_survives_repeated_unlocks() {
+fn fence_none_enrollment_survives_repeated_unlocks_where_configured() {
     let f = Fixture::new();
     f.enroll(&["--fence-pcr", "none"]);
-    assert_eq!(f.unlock_test(&[]).code, 0);
-    assert_eq!(f.unlock_test(&[]).code, 0);
+    // Outside the boot path, with no fence configured, such a token works every time.
+    assert_eq!(f.unlock_test(&["--fence-pcr", "none"]).code, 0);
+    assert_eq!(f.unlock_test(&["--fence-pcr", "none"]).code, 0);
+    // The boot path's configuration has a fence: a token without one is refused.
+    let r = f.unlock_test(&[]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("without a fence"), "{}", r.stderr);
 }
 
 #[test]

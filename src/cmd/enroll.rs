@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::console;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::luks::Volume;
@@ -12,7 +13,7 @@ use crate::secret::Secret;
 use crate::tokens::passphrase_of;
 use crate::tokens::sealroot::{PinParams, RECOVERY_TOKEN_TYPE, SealrootToken};
 use crate::tpm::LazyTpm;
-use crate::tpm::pcr::{self, PcrBank};
+use crate::tpm::pcr::PcrBank;
 use crate::tpm::policy::PolicySpec;
 
 pub struct EnrollOptions {
@@ -35,10 +36,8 @@ pub struct Enrolled {
 }
 
 pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
-    if let Some(f) = o.fence_pcr
-        && f >= pcr::PCR_COUNT
-    {
-        return Err(Error::Usage(format!("fence PCR {f} out of range (0-23)")));
+    if let Some(f) = o.fence_pcr {
+        crate::trust::check_fence(f, &o.pcrs).map_err(Error::Usage)?;
     }
     let mut vol = Volume::open(&o.device)?;
     let existing = match &o.unlock_key_file {
@@ -68,9 +67,8 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         pcrs.push((f, vec![0u8; o.bank.digest_len()]));
     }
     pcrs.sort_by_key(|(i, _)| *i);
-    if pcrs.is_empty() {
-        log::warn!("no PCRs selected: any boot of this machine can unseal the key");
-    }
+    warn_about_bindings(&bound, o.fence_pcr);
+    warn_about_unfenced_tokens(&mut vol, o.fence_pcr)?;
 
     let pin_params = match &pin_secret {
         Some(_) => Some(PinParams {
@@ -128,6 +126,43 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         keyslot,
         recovery_keyslot,
     })
+}
+
+/// Requirement 11 of the trust model: say what the PCRs leave open.
+fn warn_about_bindings(bound: &[u32], fence: Option<u32>) {
+    if bound.is_empty() {
+        console::error(
+            "warning: no PCRs selected: any boot of this machine, with any kernel and command line, can unseal the key",
+        );
+    }
+    if !bound.iter().any(|p| [8, 9, 12].contains(p)) {
+        console::error(&format!(
+            "warning: PCRs {bound:?} do not bind the kernel command line (it is measured into PCR 9 by the EFI stub, PCR 8 by GRUB, PCR 12 by systemd-stub): whoever is at the console can boot this initrd with `break=premount` or `rd.break` and reach a root shell before the fence, where the key unseals; bind the right one with --pcrs (e.g. 7,9)"
+        ));
+    }
+    if fence.is_none() {
+        console::error(
+            "warning: no fence: after this boot's initrd, anything on this machine can unseal the key again",
+        );
+    }
+}
+
+/// Requirement 12: a foreign TPM token that does not bind the fence stays usable after it.
+fn warn_about_unfenced_tokens(vol: &mut Volume, fence: Option<u32>) -> Result<()> {
+    let Some(fence) = fence else {
+        return Ok(());
+    };
+    for entry in vol.tokens()? {
+        if let Some(Ok(plan)) = crate::tokens::plan(entry.id, &entry.json)
+            && plan.outlives_fence(fence)
+        {
+            console::error(&format!(
+                "warning: {} does not bind the fence PCR {fence}: anything in the booted system can use it while its PCRs hold, which undoes this token's fence; remove it (systemd-cryptenroll --wipe-slot=tpm2, clevis luks unbind) to keep the fence",
+                plan.label()
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn read_new_pin(o: &EnrollOptions) -> Result<Secret> {

@@ -60,7 +60,19 @@ pub fn run(o: &RemoveOptions) -> Result<Removed> {
         .flat_map(|t| token_keyslots(&t.json))
         .filter(|s| !kept_claims.contains(s))
         .collect();
-    let active: BTreeSet<u32> = vol.keyslots()?.into_iter().map(|k| k.id).collect();
+    let keyslots = vol.keyslots()?;
+    // A token's keyslot claim is header data: destroy only slots sealroot could have made.
+    if !o.force
+        && let Some(k) = keyslots
+            .iter()
+            .find(|k| slots.contains(&k.id) && !k.looks_sealed())
+    {
+        return Err(Error::Usage(format!(
+            "refusing to remove: keyslot {} claimed by a sealroot token was not made by sealroot (its KDF is {}, sealroot's slots use PBKDF2-SHA512 with 1000 iterations); the token may have been altered; check with `cryptsetup luksDump`, then pass --force if you are sure",
+            k.id, k.kdf
+        )));
+    }
+    let active: BTreeSet<u32> = keyslots.iter().map(|k| k.id).collect();
     let remaining = active.difference(&slots).count();
     if remaining == 0 && !o.force {
         return Err(Error::Usage(format!(

@@ -8,6 +8,7 @@ use crate::error::Result;
 use crate::luks::Volume;
 use crate::tokens::{self, PolicyCheck, UnsealPlan, token_keyslots, token_type};
 use crate::tpm::LazyTpm;
+use crate::tpm::fence::DEFAULT_FENCE_PCR;
 
 pub struct StatusOptions {
     pub device: PathBuf,
@@ -58,7 +59,12 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
 fn describe(t: &mut Value, plan: &UnsealPlan, tpm: &mut LazyTpm, tpm_error: &mut Option<String>) {
     t["bank"] = json!(plan.bank.name());
     t["pcrs"] = json!(plan.pcrs);
-    t["fence_pcr"] = json!(plan.fence_pcr);
+    t["fence_pcr"] = json!(plan.fence_pcr());
+    if plan.outlives_fence(DEFAULT_FENCE_PCR) {
+        t["warning"] = json!(format!(
+            "this token does not bind the fence PCR {DEFAULT_FENCE_PCR}: it stays usable after the initrd, so anything in the booted system can unseal it while its PCRs hold, which undoes the fence of every other token on this volume; remove it or re-enroll it with PCR {DEFAULT_FENCE_PCR}"
+        ));
+    }
     t["pin"] = json!(plan.pin.is_some());
     if let Some(signed) = &plan.signed {
         t["signed_pcrs"] = json!(signed.pcrs);
@@ -81,7 +87,7 @@ fn describe(t: &mut Value, plan: &UnsealPlan, tpm: &mut LazyTpm, tpm_error: &mut
                     "expected": hex::encode(v),
                     "current": now.map(hex::encode),
                     "matches": now == Some(v),
-                    "fence": Some(*i) == plan.fence_pcr,
+                    "fence": Some(*i) == plan.fence_pcr(),
                 })
             })
             .collect();
@@ -166,6 +172,9 @@ pub fn render_text(s: &Value) -> String {
                     _ => "",
                 }
             );
+        }
+        if let Some(w) = t.get("warning").and_then(Value::as_str) {
+            out += &format!("  WARNING: {w}\n");
         }
         if let Some(p) = t.get("signed_pcrs") {
             out += &format!(

@@ -1,6 +1,5 @@
 //! `sealroot unlock`: unseal each volume's key with the TPM, open the volumes, then fence.
 
-use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 use crate::console;
@@ -8,9 +7,10 @@ use crate::error::{Error, Result};
 use crate::input;
 use crate::luks::{LuksError, Volume};
 use crate::secret::Secret;
-use crate::tokens::{self, UnsealPlan, sealroot};
-use crate::tpm::fence::{self, DEFAULT_FENCE_PCR};
+use crate::tokens::{self, UnsealPlan};
+use crate::tpm::fence;
 use crate::tpm::{LazyTpm, Tpm, TpmError};
+use crate::trust::Trust;
 
 /// PIN attempts on a terminal before giving up on a token.
 const PIN_TRIES: usize = 3;
@@ -26,7 +26,10 @@ pub struct UnlockOptions {
     pub askpass: Option<PathBuf>,
     /// Signature file for signed PCR policies (else systemd's usual places).
     pub signature: Option<PathBuf>,
+    /// Extend nothing (tests and tooling; tokens are still checked against `trust`).
     pub no_fence: bool,
+    /// The fence and the expected storage key, from trusted configuration.
+    pub trust: Trust,
 }
 
 /// One line per volume that failed, already printed; the exit code of the worst.
@@ -39,8 +42,6 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
     let mut pin_cache: Option<Secret> = None;
     let mut measurements = Vec::new();
-    let mut fence_pcrs = BTreeSet::new();
-    let mut saw_token = false;
     let mut failures = Vec::new();
 
     for (device, name) in &o.targets {
@@ -50,8 +51,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
             askpass: o.askpass.as_ref(),
             signature: o.signature.as_ref(),
             pin_cache: &mut pin_cache,
-            fence_pcrs: &mut fence_pcrs,
-            saw_token: &mut saw_token,
+            trust: &o.trust,
         };
         match unlock_volume(&mut ctx, device, name, o.test) {
             Ok((uuid, volume_key)) => {
@@ -78,20 +78,15 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
         }
     }
 
+    // The configured fence, whatever the headers said and whatever happened above.
     let mut fence_error = None;
-    if !o.no_fence {
-        if !saw_token {
-            fence_pcrs.insert(DEFAULT_FENCE_PCR);
-        }
-        for pcr in fence_pcrs {
-            let r = tpm
-                .get()
-                .and_then(|ctx| ctx.pcr_event(pcr, &fence::event(&measurements)));
-            if let Err(e) = r {
-                fence_error = Some(e);
-            } else {
-                console::progress(&format!("fence PCR {pcr} extended"));
-            }
+    if let (false, Some(pcr)) = (o.no_fence, o.trust.fence_pcr) {
+        let r = tpm
+            .get()
+            .and_then(|ctx| ctx.pcr_event(pcr, &fence::event(&measurements)));
+        match r {
+            Err(e) => fence_error = Some(e),
+            Ok(()) => console::progress(&format!("fence PCR {pcr} extended")),
         }
     }
     UnlockReport {
@@ -106,8 +101,7 @@ struct Attempt<'a> {
     askpass: Option<&'a PathBuf>,
     signature: Option<&'a PathBuf>,
     pin_cache: &'a mut Option<Secret>,
-    fence_pcrs: &'a mut BTreeSet<u32>,
-    saw_token: &'a mut bool,
+    trust: &'a Trust,
 }
 
 type VolumeResult = std::result::Result<(String, Secret), (Option<String>, Error)>;
@@ -147,12 +141,8 @@ fn unlock_volume(
         let attempt = planned
             .map_err(|e| Error::NoUsableToken(e.to_string()))
             .and_then(|mut plan| {
-                if plan.kind == sealroot::TOKEN_TYPE {
-                    *a.saw_token = true;
-                    if let Some(f) = plan.fence_pcr {
-                        a.fence_pcrs.insert(f);
-                    }
-                }
+                plan.admit(a.trust)
+                    .map_err(|e| Error::NoUsableToken(e.to_string()))?;
                 plan.load_signatures(a.signature);
                 unlock_with_plan(a, &mut vol, &plan, name, test).map_err(|e| Error::Token {
                     label: plan.label(),
@@ -187,14 +177,16 @@ fn unlock_with_plan(
     name: &str,
     test: bool,
 ) -> Result<Secret> {
-    a.tpm.get()?;
-    log::debug!("TPM open");
+    let expected = &a.trust.parent;
+    // The parent is checked before a PIN is asked for or anything is sent under it.
+    a.tpm.get()?.verify(&plan.request(None, expected))?;
+    log::debug!("TPM open, parent verified");
     let unsealed = if plan.pin.is_none() {
-        a.tpm.get()?.unseal(&plan.request(None))
+        a.tpm.get()?.unseal(&plan.request(None, expected))
     } else {
         unseal_with_pin(a, vol, name, &mut |tpm: &mut Tpm, pin: &Secret| {
             let auth = plan.auth_value(pin);
-            tpm.unseal(&plan.request(auth.as_ref()))
+            tpm.unseal(&plan.request(auth.as_ref(), expected))
         })?
     };
     let secret = unsealed.map_err(|e| match e {
@@ -237,28 +229,32 @@ fn mismatch_detail(tpm: &mut Tpm, plan: &UnsealPlan) -> String {
     }
 }
 
-/// Unseals with a PIN from the cache (one that served another volume), the PIN file,
-/// askpass or the terminal — up to PIN_TRIES times when asking. The outer error is a PIN
-/// that could not be read; the inner one what the TPM said (a wrong PIN after the tries).
+/// Unseals with a PIN: first one that served another volume (offered once, as a
+/// convenience: the parent was verified), then from the PIN file, askpass or the terminal,
+/// up to PIN_TRIES times when asking. The outer error is a PIN that could not be read; the
+/// inner one what the TPM said (a wrong PIN after the tries).
 fn unseal_with_pin(
     a: &mut Attempt<'_>,
     vol: &Volume,
     name: &str,
     unseal: &mut dyn FnMut(&mut Tpm, &Secret) -> std::result::Result<Secret, TpmError>,
 ) -> Result<std::result::Result<Secret, TpmError>> {
-    let tries = if a.pin_file.is_some() || a.pin_cache.is_some() {
-        1
-    } else {
-        PIN_TRIES
-    };
-    for attempt in 0..tries {
-        let pin = match a.pin_cache.take() {
-            Some(p) => p,
-            None => read_pin(a.pin_file, a.askpass, vol, name)?,
-        };
+    if let Some(pin) = a.pin_cache.take() {
         match unseal(a.tpm.get()?, &pin) {
             Ok(s) => {
-                // The same PIN often serves several volumes: keep it for them.
+                *a.pin_cache = Some(pin);
+                return Ok(Ok(s));
+            }
+            Err(TpmError::WrongPin) => log::info!("the PIN of the previous volume does not fit"),
+            Err(e) => return Ok(Err(e)),
+        }
+    }
+    let tries = if a.pin_file.is_some() { 1 } else { PIN_TRIES };
+    for attempt in 0..tries {
+        let pin = read_pin(a.pin_file, a.askpass, vol, name)?;
+        match unseal(a.tpm.get()?, &pin) {
+            Ok(s) => {
+                // The same PIN often serves several volumes: offer it to them.
                 *a.pin_cache = Some(pin);
                 return Ok(Ok(s));
             }

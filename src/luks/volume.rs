@@ -61,6 +61,23 @@ unsafe extern "C" fn log_callback(level: c_int, msg: *const c_char, _usr: *mut c
 pub struct KeyslotInfo {
     pub id: u32,
     pub kdf: String,
+    /// PBKDF2's hash and iterations (None for Argon2).
+    pub pbkdf2: Option<(String, u64)>,
+}
+
+/// The KDF of keyslots sealroot adds (their passphrases are 256-bit random secrets, so
+/// stretching adds nothing): PBKDF2-SHA512, 1000 iterations, as systemd does for its TPM
+/// slots. Also how `remove` tells its own slots from a user's passphrase.
+pub const SEALED_SLOT_HASH: &str = "sha512";
+pub const SEALED_SLOT_ITERATIONS: u32 = 1000;
+
+impl KeyslotInfo {
+    /// Whether sealroot (or systemd-cryptenroll) could have made this slot: a user's
+    /// passphrase slot has Argon2 or a benchmarked iteration count.
+    pub fn looks_sealed(&self) -> bool {
+        matches!(&self.pbkdf2, Some((hash, iterations))
+            if hash == SEALED_SLOT_HASH && *iterations == u64::from(SEALED_SLOT_ITERATIONS))
+    }
 }
 
 pub struct TokenEntry {
@@ -139,13 +156,21 @@ impl Volume {
                 slots
                     .iter()
                     .filter_map(|(k, v)| {
+                        let kdf = v
+                            .pointer("/kdf/type")
+                            .and_then(Value::as_str)
+                            .unwrap_or("?")
+                            .to_string();
+                        let pbkdf2 = (kdf == "pbkdf2")
+                            .then(|| {
+                                let hash = v.pointer("/kdf/hash")?.as_str()?.to_string();
+                                Some((hash, v.pointer("/kdf/iterations")?.as_u64()?))
+                            })
+                            .flatten();
                         Some(KeyslotInfo {
                             id: k.parse().ok()?,
-                            kdf: v
-                                .pointer("/kdf/type")
-                                .and_then(Value::as_str)
-                                .unwrap_or("?")
-                                .to_string(),
+                            kdf,
+                            pbkdf2,
                         })
                     })
                     .collect()
@@ -223,9 +248,9 @@ impl Volume {
     pub fn add_keyslot(&mut self, existing: &[u8], new: &[u8]) -> Result<u32, LuksError> {
         let pbkdf = CryptPbkdfType {
             type_: CryptKdf::Pbkdf2,
-            hash: Some("sha512".into()),
+            hash: Some(SEALED_SLOT_HASH.into()),
             time_ms: 0,
-            iterations: 1000,
+            iterations: SEALED_SLOT_ITERATIONS,
             max_memory_kb: 0,
             parallel_threads: 0,
             flags: CryptPbkdf::NO_BENCHMARK,

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use serde_json::Value;
 use zeroize::Zeroize;
 
-use super::{Finish, ParentSpec, PlanError, UnsealPlan, primary_template, single_keyslot};
+use super::{Fence, Finish, ParentSpec, PlanError, UnsealPlan, primary_template, single_keyslot};
 use crate::secret::Secret;
 use crate::tpm::pcr::{PcrBank, parse_pcr_list};
 use crate::tpm::seal::SealedObject;
@@ -235,7 +235,7 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
         pin: None,
         finish,
         signed: None,
-        fence_pcr: None,
+        fence: Fence::Unknown,
     })
 }
 

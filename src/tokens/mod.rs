@@ -20,8 +20,10 @@ use crate::secret::Secret;
 use crate::tpm::pcr::PcrBank;
 use crate::tpm::policy::PolicyBuilder;
 use crate::tpm::seal::SealedObject;
+use crate::tpm::srk::ExpectedParent;
 use crate::tpm::unseal::{Parent, SignedPolicy, Unseal};
 use crate::tpm::{Tpm, TpmError};
+use crate::trust::Trust;
 
 /// Why a token cannot be planned: the whole message, naming the token and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +77,17 @@ pub struct UnsealPlan {
     /// A signed PCR policy (PolicyAuthorize); its approvals are added by
     /// `load_signatures`.
     pub signed: Option<SignedPolicy>,
-    /// The fence PCR the token declares (sealroot), expected at its reset value.
-    pub fence_pcr: Option<u32>,
+    pub fence: Fence,
+}
+
+/// What a token says about the fence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fence {
+    /// The format has none (systemd-tpm2, clevis): the token is usable after the fence
+    /// unless its own PCRs changed.
+    Unknown,
+    /// sealroot tokens: sealed with this PCR at its reset value (None: no fence).
+    Declared(Option<u32>),
 }
 
 /// How the current PCR values compare with a plan's policy.
@@ -117,14 +128,53 @@ impl UnsealPlan {
         result.map_err(|reason| PlanError(format!("{}: {reason}", self.label())))
     }
 
+    /// The fence PCR a sealroot token was sealed with.
+    pub fn fence_pcr(&self) -> Option<u32> {
+        match self.fence {
+            Fence::Declared(f) => f,
+            Fence::Unknown => None,
+        }
+    }
+
+    /// A token usable after the fence: its format has none, and its policy does not bind
+    /// the fence PCR. Anything in the booted system can unseal it (if its PCRs hold).
+    pub fn outlives_fence(&self, fence_pcr: u32) -> bool {
+        self.fence == Fence::Unknown && !self.pcrs.contains(&fence_pcr)
+    }
+
     /// "systemd-tpm2 token 2", for messages.
     pub fn label(&self) -> String {
         format!("{} token {}", self.kind, self.id)
     }
 
+    /// Refuses a token whose header contradicts trusted configuration, before the TPM is
+    /// asked anything: a sealroot token must carry the configured fence (a header without
+    /// one would leave the fence PCR at zero for the rest of the boot).
+    pub fn admit(&self, trust: &Trust) -> Result<(), PlanError> {
+        let (Fence::Declared(declared), Some(configured)) = (self.fence, trust.fence_pcr) else {
+            return Ok(());
+        };
+        if declared == Some(configured) {
+            return Ok(());
+        }
+        Err(PlanError(format!(
+            "{}: refused: it is sealed {}, but this system's fence is PCR {configured} (the header may have been altered); use `sealroot recover`",
+            self.label(),
+            match declared {
+                Some(f) => format!("with fence PCR {f}"),
+                None => "without a fence".to_string(),
+            }
+        )))
+    }
+
     /// What the TPM layer needs to unseal, with the authValue of a PIN if there is one.
-    pub fn request<'r>(&'r self, auth: Option<&'r Secret>) -> Unseal<'r> {
+    pub fn request<'r>(
+        &'r self,
+        auth: Option<&'r Secret>,
+        expected_parent: &'r ExpectedParent,
+    ) -> Unseal<'r> {
         Unseal {
+            expected_parent,
             parent: match &self.parent {
                 ParentSpec::Recorded { handle, public } => Parent::Recorded {
                     handle: *handle,
@@ -271,7 +321,10 @@ impl UnsealPlan {
                 if pcrs.len() == 1 { "" } else { "s" }
             ),
             PolicyCheck::Differ { pcrs, certain } => {
-                let fence = self.fence_pcr.filter(|f| pcrs.contains(f));
+                let fence = match self.fence {
+                    Fence::Declared(Some(f)) if pcrs.contains(&f) => Some(f),
+                    _ => None,
+                };
                 let others: Vec<u32> = pcrs.iter().copied().filter(|&i| Some(i) != fence).collect();
                 match (others.len(), fence, certain) {
                     (0, Some(f), _) => format!(

@@ -9,7 +9,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan};
+use super::{Fence, Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan};
 use crate::tpm::object::PublicArea;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::policy::{PolicySpec, pcr_values_digest};
@@ -22,7 +22,9 @@ pub const FORMAT_VERSION: u32 = 1;
 
 /// Fewer iterations than this would make a stolen token's PIN cheap to guess offline
 /// against a TPM without DA protection; more than this would stall the boot.
-const PIN_ITERATIONS_MIN: u32 = 1_000;
+/// Fewer iterations than enroll writes would only make a PIN cheaper to guess offline;
+/// a header asking for fewer is refused.
+const PIN_ITERATIONS_MIN: u32 = crate::pin::DEFAULT_ITERATIONS;
 const PIN_ITERATIONS_MAX: u32 = 10_000_000;
 
 #[derive(Debug, thiserror::Error)]
@@ -274,6 +276,6 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
         }),
         finish: Finish::Base64,
         signed: None,
-        fence_pcr: token.fence_pcr,
+        fence: Fence::Declared(token.fence_pcr),
     })
 }

@@ -8,7 +8,8 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::Value;
 
 use super::{
-    Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan, primary_template, single_keyslot,
+    Fence, Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan, primary_template,
+    single_keyslot,
 };
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::seal::SealedObject;
@@ -144,7 +145,7 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
         pin,
         finish: Finish::Base64,
         signed,
-        fence_pcr: None,
+        fence: Fence::Unknown,
     })
 }
 

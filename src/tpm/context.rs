@@ -34,6 +34,9 @@ pub fn choose_tcti(cli: Option<&str>) -> String {
 pub struct Tpm {
     pub(super) ctx: *mut ESYS_CONTEXT,
     tcti: *mut TSS2_TCTI_CONTEXT,
+    /// Names of persistent keys read from this TPM (handle, Name), so checking several
+    /// tokens against the SRK costs one ReadPublic.
+    pub(super) names: Vec<(u32, Vec<u8>)>,
 }
 
 impl Tpm {
@@ -75,6 +78,7 @@ impl Tpm {
         Ok(Tpm {
             ctx,
             tcti: tcti_ctx,
+            names: Vec::new(),
         })
     }
 

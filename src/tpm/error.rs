@@ -31,6 +31,10 @@ pub enum TpmError {
         "the TPM rejected the sealed key ({detail}): it was sealed by another TPM, the TPM was cleared, or the token is corrupt; use `sealroot recover`, then re-enroll"
     )]
     Rejected { detail: String },
+    #[error(
+        "refused: {detail}: the key was sealed by another TPM, this TPM was cleared, or the header was altered (nothing was sent to the TPM under the recorded key); use `sealroot recover`"
+    )]
+    UntrustedParent { detail: String },
     #[error("PCRs kept changing during the policy check; try again")]
     PcrChanged,
     #[error("TPM command {op} failed: {rc}")]
@@ -45,7 +49,9 @@ impl TpmError {
             TpmError::Unavailable { .. } => exit::TPM_UNAVAILABLE,
             TpmError::PolicyMismatch { .. } | TpmError::PcrChanged => exit::POLICY_MISMATCH,
             TpmError::WrongPin | TpmError::PinNeeded | TpmError::Lockout => exit::WRONG_PIN,
-            TpmError::WrongTpm { .. } | TpmError::Rejected { .. } => exit::NO_TOKEN,
+            TpmError::WrongTpm { .. }
+            | TpmError::Rejected { .. }
+            | TpmError::UntrustedParent { .. } => exit::NO_TOKEN,
             TpmError::Command { .. } | TpmError::Invalid(_) => exit::FAILURE,
         }
     }

@@ -4,7 +4,7 @@
 
 use super::context::Tpm;
 use super::error::TpmError;
-use super::object::PublicArea;
+use super::object::{PublicArea, name_of};
 
 pub const SRK_HANDLE: u32 = 0x8100_0001;
 
@@ -55,5 +55,82 @@ impl Tpm {
             handle: SRK_HANDLE,
             public,
         })
+    }
+}
+
+/// The storage key a token's parent must be, from trusted configuration (the initrd's,
+/// passed by the integration scripts), never from the header: its handle, and its Name
+/// when the image builder pinned it. Without a pinned Name the TPM's own key is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedParent {
+    pub handle: u32,
+    pub name: Option<Vec<u8>>,
+}
+
+impl Default for ExpectedParent {
+    fn default() -> ExpectedParent {
+        ExpectedParent {
+            handle: SRK_HANDLE,
+            name: None,
+        }
+    }
+}
+
+impl Tpm {
+    /// Checks a parent recorded in a header (its handle and TPM2B_PUBLIC) against the
+    /// expected one, before any session is salted to it: a key of the attacker's choosing
+    /// would let a bus observer attack the PIN offline, and make the right PIN fail. The
+    /// TPM's Name is read once per run (ReadPublic) unless it was pinned.
+    pub fn verify_parent(
+        &mut self,
+        handle: u32,
+        public_tpm2b: &[u8],
+        expected: &ExpectedParent,
+    ) -> Result<(), TpmError> {
+        if handle != expected.handle {
+            return Err(TpmError::UntrustedParent {
+                detail: format!(
+                    "the token names storage key 0x{handle:08x}, this system uses 0x{:08x}",
+                    expected.handle
+                ),
+            });
+        }
+        let recorded = name_of(public_tpm2b).map_err(|e| TpmError::UntrustedParent {
+            detail: format!("the recorded storage key is unreadable ({e})"),
+        })?;
+        let actual = match &expected.name {
+            Some(pinned) => pinned.clone(),
+            None => self.persistent_name(handle)?,
+        };
+        if recorded != actual {
+            return Err(TpmError::UntrustedParent {
+                detail: format!(
+                    "the token's storage key is not the key at 0x{handle:08x} {}",
+                    if expected.name.is_some() {
+                        "this initrd was built for"
+                    } else {
+                        "in this TPM"
+                    }
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The Name of the object at a persistent handle, read once per context.
+    fn persistent_name(&mut self, handle: u32) -> Result<Vec<u8>, TpmError> {
+        if let Some((_, name)) = self.names.iter().find(|(h, _)| *h == handle) {
+            return Ok(name.clone());
+        }
+        let Some(mut tr) = self.persistent(handle)? else {
+            return Err(TpmError::UntrustedParent {
+                detail: format!("this TPM has no key at 0x{handle:08x}"),
+            });
+        };
+        let public = self.read_public(tr);
+        self.close(&mut tr);
+        let name = name_of(&public?)?;
+        self.names.push((handle, name.clone()));
+        Ok(name)
     }
 }

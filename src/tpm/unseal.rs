@@ -11,7 +11,8 @@ use super::error::{RcKind, TpmError, classify};
 use super::pcr::PcrBank;
 use super::seal::SealedObject;
 use super::session::{SessionKind, SessionUse};
-use super::wire::{EsysBox, check, generic, tpm2b_auth};
+use super::srk::ExpectedParent;
+use super::wire::{EsysBox, check, generic, parse_key_resource, tpm2b_auth};
 use crate::secret::Secret;
 
 /// Attempts when PCRs change between PolicyPCR and Unseal.
@@ -22,6 +23,7 @@ impl Tpm {
     /// parent whose response is encrypted, PolicyPCR against the expected digest (and
     /// PolicyAuthValue with a PIN), Unseal.
     pub fn unseal(&mut self, req: &Unseal<'_>) -> Result<Secret, TpmError> {
+        self.verify(req)?;
         let (mut parent, transient) = match req.parent {
             Parent::Recorded { handle, public } => (self.recorded_key(handle, public)?, false),
             Parent::Serialized(bytes) => (self.deserialize(bytes)?, false),
@@ -34,6 +36,25 @@ impl Tpm {
             self.close(&mut parent);
         }
         result
+    }
+
+    /// Checks the request's parent against the expected storage key, before anything is
+    /// sent under it (and, by `unlock`, before a PIN is asked for). Primaries re-created
+    /// from a template are the TPM's own by construction.
+    pub fn verify(&mut self, req: &Unseal<'_>) -> Result<(), TpmError> {
+        match req.parent {
+            Parent::Recorded { handle, public } => {
+                self.verify_parent(handle, public, req.expected_parent)
+            }
+            Parent::Serialized(bytes) => {
+                let (handle, _, public) =
+                    parse_key_resource(bytes).map_err(|e| TpmError::UntrustedParent {
+                        detail: format!("tpm2_srk is unusable ({e})"),
+                    })?;
+                self.verify_parent(handle, &public, req.expected_parent)
+            }
+            Parent::Primary(_) => Ok(()),
+        }
     }
 
     fn load_and_unseal(&mut self, parent: ESYS_TR, req: &Unseal<'_>) -> Result<Secret, TpmError> {
@@ -193,6 +214,8 @@ impl Tpm {
 /// What unsealing one token needs.
 pub struct Unseal<'a> {
     pub parent: Parent<'a>,
+    /// What the parent must be (trusted configuration, not the header).
+    pub expected_parent: &'a ExpectedParent,
     pub object: &'a SealedObject,
     /// Hash of the policy session (the sealed object's name algorithm for clevis' sha1).
     pub session_hash: PcrBank,

@@ -34,6 +34,26 @@ pub fn serialized_key_resource(handle: u32, public_tpm2b: &[u8]) -> Result<Vec<u
     Ok(out)
 }
 
+/// The parts of a serialized key ESYS_TR: (handle, Name, TPM2B_PUBLIC). The Name must be
+/// the public area's, or ESAPI would trust a Name the public area does not have.
+pub fn parse_key_resource(bytes: &[u8]) -> Result<(u32, Vec<u8>, Vec<u8>), TpmError> {
+    let bad = |what: &str| TpmError::Invalid(format!("serialized key: {what}"));
+    let take = <[u8]>::split_at_checked;
+    let (handle, rest) = take(bytes, 4).ok_or_else(|| bad("truncated"))?;
+    let (size, rest) = take(rest, 2).ok_or_else(|| bad("truncated"))?;
+    let (name, rest) = take(rest, usize::from(u16::from_be_bytes([size[0], size[1]])))
+        .ok_or_else(|| bad("truncated name"))?;
+    let (kind, public) = take(rest, 4).ok_or_else(|| bad("truncated"))?;
+    if kind != IESYSC_KEY_RSRC.to_be_bytes() {
+        return Err(bad("not a key"));
+    }
+    if name_of(public)? != name {
+        return Err(bad("its Name is not its public area's"));
+    }
+    let handle = u32::from_be_bytes([handle[0], handle[1], handle[2], handle[3]]);
+    Ok((handle, name.to_vec(), public.to_vec()))
+}
+
 pub(super) type Unmarshal<T> = unsafe extern "C" fn(*const u8, u64, *mut u64, *mut T) -> TSS2_RC;
 
 /// A TPM structure from wire bytes, all of them.
@@ -153,6 +173,20 @@ mod tests {
             serialized_key_resource(0x8100_0001, public).unwrap(),
             vector
         );
+    }
+
+    #[test]
+    fn key_resource_parses_back() {
+        let vector = base64::engine::general_purpose::STANDARD
+            .decode("gQAAAQAiAAv5sLge1GM24g8z8nGVwj63AzM3lF2hByQxbh7A0TfsJwAAAAEAWgAjAAsAAwRyAAAABgCAAEMAEAADABAAIFsbfkcs48O3R29GrqlI9KOrqZPkoXQQb6WcYwwN4NibACDM5iwqa8lnLk89PJ10t0O6cpBaKn3nEayvLDm/8KVV8w==")
+            .unwrap();
+        let (handle, _, public) = parse_key_resource(&vector).unwrap();
+        assert_eq!(handle, 0x8100_0001);
+        assert_eq!(serialized_key_resource(handle, &public).unwrap(), vector);
+        let mut lying = vector.clone();
+        lying[10] ^= 1; // inside the Name
+        assert!(parse_key_resource(&lying).is_err());
+        assert!(parse_key_resource(&vector[..20]).is_err());
     }
 
     #[test]

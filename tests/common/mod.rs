@@ -305,9 +305,15 @@ pub fn run(args: &[&str]) -> Run {
 }
 
 pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Run {
+    run_with_env(args, stdin, &[])
+}
+
+/// The same with extra environment variables (what an initrd may inherit).
+pub fn run_with_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("SEALROOT_TCTI")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
