@@ -46,6 +46,7 @@ e2e: static
 # and dracut look under /usr/share/initramfs-tools and /usr/lib/dracut whatever PREFIX is.
 install: static
 	install -D -m 755 $(STATIC_BIN) $(DESTDIR)$(PREFIX)/sbin/sealroot
+	install -D -m 644 share/boot.sh $(DESTDIR)/usr/share/sealroot/boot.sh
 	install -D -m 755 initramfs-tools/hooks/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/hooks/sealroot
 	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \

@@ -11,6 +11,8 @@
 #   tpm2-tss 4.1.3 (trixie; bookworm's 3.2.1 source is gone from the mirror):
 #     --enable-nodl   the TCTI loader links device/swtpm/mssim directly, no dlopen;
 #     --with-crypto=mbed  mbedTLS instead of OpenSSL: smaller, and no OpenSSL 3 init cost.
+#     --with-maxloglevel=warning  debug and trace logging are compiled out: at those levels
+#       ESAPI prints the Unseal response and the session key that decrypts it.
 #     patches/tpm2-tss-mbed-ecdh-z-fixed-size.patch: the mbedTLS backend wrote the ECDH
 #     secret without leading zeros, so 1 salted session in 256 failed (TPM_RC_AUTH_FAIL).
 #   cryptsetup 2.6.1 (bookworm), library only: libgcrypt crypto backend. It does XTS keyslot
@@ -168,7 +170,7 @@ step "tpm2-tss: configure" ./configure --prefix="$PREFIX" --enable-static --disa
     --disable-tcti-pcap --disable-tcti-libtpms --disable-tcti-cmd \
     --disable-tcti-spi-helper --disable-tcti-spi-ltt2go --disable-tcti-spidev \
     --disable-tcti-spi-ftdi --disable-tcti-i2c-helper --disable-tcti-i2c-ftdi \
-    --disable-doxygen-doc --disable-log-file --disable-vendor \
+    --disable-doxygen-doc --disable-log-file --disable-vendor --with-maxloglevel=warning \
     --with-udevrulesdir="$PREFIX/lib/udev/rules.d" \
     --with-sysusersdir="$PREFIX/lib/sysusers.d" \
     --with-tmpfilesdir="$PREFIX/lib/tmpfiles.d" \

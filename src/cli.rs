@@ -153,6 +153,14 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Print the initrd's trusted configuration from /etc/sealroot/sealroot.conf (the
+    /// initrd hooks run it at build time; a bad configuration fails the build).
+    #[command(after_help = EXIT_CODES)]
+    InitrdConfig {
+        /// Host configuration to read instead of /etc/sealroot/sealroot.conf.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
     /// Extend the fence PCR now (for hooks with nothing to unlock).
     #[command(after_help = EXIT_CODES)]
     Fence {

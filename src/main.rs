@@ -120,6 +120,7 @@ fn run(command: Command) -> u8 {
                 signature,
                 no_fence,
                 trust: sealroot::trust::Trust {
+                    tcti: None,
                     fence_pcr: fence_pcr.0,
                     parent: sealroot::tpm::srk::ExpectedParent {
                         handle: srk_handle,
@@ -212,6 +213,23 @@ fn run(command: Command) -> u8 {
             }
             Err(e) => report(&e),
         },
+        Command::InitrdConfig { config } => {
+            let path = config.unwrap_or_else(|| sealroot::trust::HOST_CONFIG.into());
+            let text = match std::fs::read_to_string(&path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => {
+                    return report(&Error::Usage(format!("{}: {e}", path.display())));
+                }
+            };
+            match sealroot::trust::Trust::parse(&text) {
+                Ok(t) => {
+                    print!("{}", t.render());
+                    exit::OK
+                }
+                Err(e) => report(&Error::Usage(format!("{}: {e}", path.display()))),
+            }
+        }
         Command::Fence { pcr, tcti } => {
             match fence::run(&fence::FenceOptions {
                 pcr,

@@ -7,6 +7,10 @@ use crate::tpm::fence::DEFAULT_FENCE_PCR;
 use crate::tpm::srk::ExpectedParent;
 
 pub struct Trust {
+    /// The TPM for the boot scripts when it is not the kernel's device (a test harness,
+    /// a simulator); only the scripts read it, from the initrd's file, never from the
+    /// kernel command line.
+    pub tcti: Option<String>,
     /// Extended after every unlock attempt; sealroot tokens must be sealed to it at its
     /// reset value. None only for tooling outside the boot path (`--fence-pcr none`).
     pub fence_pcr: Option<u32>,
@@ -17,9 +21,87 @@ pub struct Trust {
 impl Default for Trust {
     fn default() -> Trust {
         Trust {
+            tcti: None,
             fence_pcr: Some(DEFAULT_FENCE_PCR),
             parent: ExpectedParent::default(),
         }
+    }
+}
+
+/// Where the host's configuration is read at initrd build time (absent: defaults).
+pub const HOST_CONFIG: &str = "/etc/sealroot/sealroot.conf";
+
+impl Trust {
+    /// Parses `key=value` lines (`#` comments): fence_pcr, srk_handle, srk_name. Anything
+    /// else, or a value that fails its check, is an error: a bad configuration must stop
+    /// the initrd build, not weaken the boot.
+    pub fn parse(text: &str) -> Result<Trust, String> {
+        let mut t = Trust::default();
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let at = |what: String| format!("line {}: {what}", n + 1);
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| at(format!("'{line}' is not key=value")))?;
+            let value = value.trim();
+            match key.trim() {
+                "fence_pcr" => {
+                    let pcr = value
+                        .parse()
+                        .map_err(|_| at(format!("fence_pcr '{value}' is not a PCR number")))?;
+                    check_fence(pcr, &[]).map_err(at)?;
+                    t.fence_pcr = Some(pcr);
+                }
+                "srk_handle" => {
+                    t.parent.handle = value
+                        .strip_prefix("0x")
+                        .and_then(|h| u32::from_str_radix(h, 16).ok())
+                        .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
+                        .ok_or_else(|| at(format!("srk_handle '{value}' is not 0x81xxxxxx")))?;
+                }
+                "srk_name" => {
+                    let name = hex::decode(value)
+                        .ok()
+                        .filter(|n| n.len() == 34 && n[..2] == [0x00, 0x0b])
+                        .ok_or_else(|| {
+                            at("srk_name must be 34 bytes of hex starting 000b (the SHA-256 Name that tpm2_readpublic prints)".into())
+                        })?;
+                    t.parent.name = Some(name);
+                }
+                "tcti" => {
+                    let plain = |c: char| c.is_ascii_alphanumeric() || ":/=,._-".contains(c);
+                    let known = ["device:/dev/", "swtpm:", "mssim:"];
+                    if !value.chars().all(plain) || !known.iter().any(|k| value.starts_with(k)) {
+                        return Err(at(format!(
+                            "tcti '{value}' is not device:/dev/…, swtpm:… or mssim:…"
+                        )));
+                    }
+                    t.tcti = Some(value.to_string());
+                }
+                other => return Err(at(format!("unknown key '{other}'"))),
+            }
+        }
+        Ok(t)
+    }
+
+    /// The file the initrd carries; the boot scripts read it back (share/boot.sh).
+    pub fn render(&self) -> String {
+        let mut out =
+            String::from("# sealroot trusted configuration, written when this initrd was built\n");
+        if let Some(t) = &self.tcti {
+            out += &format!("tcti={t}\n");
+        }
+        if let Some(f) = self.fence_pcr {
+            out += &format!("fence_pcr={f}\n");
+        }
+        out += &format!("srk_handle=0x{:08x}\n", self.parent.handle);
+        if let Some(name) = &self.parent.name {
+            out += &format!("srk_name={}\n", hex::encode(name));
+        }
+        out
     }
 }
 
@@ -43,6 +125,32 @@ pub fn check_fence(pcr: u32, bound: &[u32]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configuration_round_trips_and_refuses_what_it_does_not_know() {
+        let name = format!("000b{}", "ab".repeat(32));
+        let text = format!("# c\nfence_pcr=14\nsrk_handle=0x81000002\nsrk_name={name}\n");
+        let t = Trust::parse(&text).unwrap();
+        assert_eq!(t.fence_pcr, Some(14));
+        assert_eq!(t.parent.handle, 0x8100_0002);
+        assert_eq!(
+            Trust::parse(&t.render()).unwrap().parent.name,
+            t.parent.name
+        );
+        for bad in [
+            "fence_pcr=23",
+            "fence_pcr=none",
+            "srk_handle=0x40000001",
+            "srk_name=00",
+            "fence=15",
+            "tcti=swtpm:host=$(reboot)",
+            "tcti=file:/x",
+            "junk",
+        ] {
+            assert!(Trust::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Trust::parse("").unwrap().fence_pcr, Some(15));
+    }
 
     #[test]
     fn resettable_and_bound_pcrs_are_no_fence() {

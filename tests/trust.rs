@@ -8,7 +8,9 @@ use std::process::Command;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Fixture, export_token, make_image, replace_token, run_with_env};
+use common::{
+    BusCapture, Fixture, contains, export_token, make_image, replace_token, run_with_env,
+};
 use serde_json::json;
 
 fn fence_is_extended(f: &Fixture) -> bool {
@@ -274,4 +276,62 @@ fn enroll_says_when_nothing_binds_the_command_line() {
     );
     let r = f.enroll(&["--pcrs", "7,9"]);
     assert!(!r.stderr.contains("command line"), "{}", r.stderr);
+}
+
+const TPM_CC_START_AUTH_SESSION: u32 = 0x176;
+const TPM_CC_UNSEAL: u32 = 0x15E;
+
+#[test]
+fn the_bus_carries_neither_the_pin_nor_its_auth_value() {
+    let f = Fixture::new();
+    let pin = f.write("pin", b"24681357\n");
+    f.enroll(&["--pin", "--pin-file", pin.to_str().unwrap()]);
+    let token = export_token(&f.image, 0);
+    let salt = B64
+        .decode(token["tpm2_pin_salt"].as_str().unwrap())
+        .unwrap();
+    let iterations = token["tpm2_pin_iterations"].as_u64().unwrap() as u32;
+    let auth = sealroot::pin::auth_value(
+        &sealroot::secret::Secret::from_slice(b"24681357"),
+        &salt,
+        iterations,
+    );
+    let bus = BusCapture::start(&f.tpm);
+    let tcti = bus.tcti();
+    let pin_s = pin.to_str().unwrap();
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin_s, "--tcti", &tcti]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let codes = bus.command_codes();
+    assert!(
+        codes.contains(&TPM_CC_UNSEAL),
+        "no Unseal captured: {codes:x?}"
+    );
+    let bytes = bus.all_bytes();
+    assert!(!contains(&bytes, b"24681357"), "the PIN crossed the bus");
+    assert!(
+        !contains(&bytes, auth.expose()),
+        "the authValue crossed the bus"
+    );
+}
+
+#[test]
+fn with_an_attacker_storage_key_no_session_reaches_the_bus() {
+    let f = Fixture::new();
+    let pin = f.write("pin", b"2468\n");
+    f.enroll(&["--pin", "--pin-file", pin.to_str().unwrap()]);
+    let attacker = Fixture::new();
+    attacker.enroll(&[]);
+    let mut t = export_token(&f.image, 0);
+    t["tpm2_srk_public"] = export_token(&attacker.image, 0)["tpm2_srk_public"].clone();
+    replace_token(&f.image, 0, &t);
+    let bus = BusCapture::start(&f.tpm);
+    let tcti = bus.tcti();
+    let pin_s = pin.to_str().unwrap();
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin_s, "--tcti", &tcti]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    // A sniffer gets no HMAC over the PIN to attack offline: nothing was salted to the
+    // attacker's key, let alone unsealed.
+    let codes = bus.command_codes();
+    assert!(!codes.contains(&TPM_CC_START_AUTH_SESSION), "{codes:x?}");
+    assert!(!codes.contains(&TPM_CC_UNSEAL), "{codes:x?}");
 }

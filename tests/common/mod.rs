@@ -382,3 +382,101 @@ pub fn replace_token(image: &Path, id: u32, json: &serde_json::Value) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A logging proxy between a TCTI and swtpm: what a bus sniffer or an interposer sees.
+/// Forwards the command port (and the control port next to it) and records every byte
+/// sent to the TPM as one command per write and every byte returned.
+pub struct BusCapture {
+    pub port: u16,
+    commands: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+    responses: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl BusCapture {
+    pub fn start(tpm: &Swtpm) -> BusCapture {
+        use std::sync::{Arc, Mutex};
+        let (cmd, ctl) = loop {
+            let a = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = a.local_addr().expect("addr").port();
+            if port < u16::MAX
+                && let Ok(b) = TcpListener::bind(("127.0.0.1", port + 1))
+            {
+                break (a, b);
+            }
+        };
+        let port = cmd.local_addr().expect("addr").port();
+        let commands = Arc::new(Mutex::new(Vec::new()));
+        let responses = Arc::new(Mutex::new(Vec::new()));
+        for (listener, target, record) in [(cmd, tpm.port, true), (ctl, tpm.port + 1, false)] {
+            let (commands, responses) = (commands.clone(), responses.clone());
+            std::thread::spawn(move || {
+                for client in listener.incoming().flatten() {
+                    let Ok(server) = TcpStream::connect(("127.0.0.1", target)) else {
+                        continue;
+                    };
+                    let (c2, s2) = (
+                        client.try_clone().expect("clone"),
+                        server.try_clone().expect("clone"),
+                    );
+                    let (commands, responses) = (commands.clone(), responses.clone());
+                    // TPM responses, back to the client.
+                    std::thread::spawn(move || {
+                        pump(s2, c2, |b| {
+                            if record {
+                                responses.lock().expect("lock").extend_from_slice(b)
+                            }
+                        })
+                    });
+                    pump(client, server, |b| {
+                        if record {
+                            commands.lock().expect("lock").push(b.to_vec())
+                        }
+                    });
+                }
+            });
+        }
+        BusCapture {
+            port,
+            commands,
+            responses,
+        }
+    }
+
+    pub fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    /// Everything that crossed the bus, both ways.
+    pub fn all_bytes(&self) -> Vec<u8> {
+        let mut out: Vec<u8> = self.commands.lock().expect("lock").concat();
+        out.extend_from_slice(&self.responses.lock().expect("lock"));
+        out
+    }
+
+    /// The command codes sent (bytes 6..10 of each command), in order.
+    pub fn command_codes(&self) -> Vec<u32> {
+        self.commands
+            .lock()
+            .expect("lock")
+            .iter()
+            .filter(|c| c.len() >= 10)
+            .map(|c| u32::from_be_bytes([c[6], c[7], c[8], c[9]]))
+            .collect()
+    }
+}
+
+fn pump(mut from: TcpStream, mut to: TcpStream, mut record: impl FnMut(&[u8])) {
+    use std::io::Read;
+    let mut buf = [0u8; 8192];
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 || to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+        record(&buf[..n]);
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -31,9 +31,12 @@ install() {
     inst_binary /usr/sbin/sealroot
     inst_script "$moddir/sealroot-unlock.sh" /sbin/sealroot-unlock
     inst_script "$moddir/sealroot-askpass.sh" /sbin/sealroot-askpass
-    inst_multiple cut wc sleep cat awk
+    inst_multiple cut wc sleep cat awk env
+    inst_simple /usr/share/sealroot/boot.sh /usr/share/sealroot/boot.sh
 
     mkdir -p "$initdir/etc/sealroot"
+    # The trusted configuration, measured with this initrd; a bad one fails the build.
+    /usr/sbin/sealroot initrd-config >"$initdir/etc/sealroot/initrd.conf" || return 1
     if [[ -r "${dracutsysrootdir-}/etc/crypttab" ]]; then
         awk '
             /^[[:space:]]*(#|$)/ { next }

@@ -2,18 +2,22 @@
 # Unlocks the sealroot volumes with the TPM (systemd unit or initqueue job). Volumes: the
 # list built from /etc/crypttab, and rd.luks.uuid= / rd.luks.name= on the kernel command
 # line, whose names win (they are the names the rest of this initrd waits for). A volume
-# sealroot cannot open stays closed and the stock prompt follows. sealroot extends the fence
-# PCR itself, also when unlocking failed. Always exits 0.
+# sealroot cannot open stays closed and the stock prompt follows. The fence PCR is extended
+# on every path out of this script (share/boot.sh). Always exits 0.
+# `sealroot-unlock --fence-only`: just that (the systemd unit's ExecStopPost, for when this
+# script was killed or timed out).
+
+. /usr/share/sealroot/boot.sh
+if [ "$1" = --fence-only ]; then
+    # After a normal run the fence is extended already.
+    [ "${SERVICE_RESULT:-}" = success ] && SR_FENCED=1
+    exit 0
+fi
 
 VOLUMES=/etc/sealroot/volumes
 TIMEOUT=10
 TPM_TIMEOUT=3
 list=""
-
-say() {
-    echo "sealroot: $*" >/dev/console 2>/dev/null || echo "sealroot: $*"
-    echo "<5>sealroot: $*" >/dev/kmsg 2>/dev/null || true
-}
 
 add() { # name source
     key=${2#UUID=}
@@ -25,8 +29,8 @@ add() { # name source
 for arg in $(cat /proc/cmdline); do
     case "$arg" in
     sealroot=off | rd.luks=0) exit 0 ;;
-    sealroot.timeout=*) TIMEOUT=${arg#sealroot.timeout=} ;;
-    sealroot.tpm-timeout=*) TPM_TIMEOUT=${arg#sealroot.tpm-timeout=} ;;
+    sealroot.timeout=*) TIMEOUT=$(sr_uint "${arg#sealroot.timeout=}" 10 300) ;;
+    sealroot.tpm-timeout=*) TPM_TIMEOUT=$(sr_uint "${arg#sealroot.tpm-timeout=}" 3 300) ;;
     rd.luks.name=*)
         v=${arg#rd.luks.name=}
         add "${v#*=}" "${v%%=*}"
@@ -60,7 +64,8 @@ uptime_s() { cut -d. -f1 /proc/uptime; }
 disks_present() {
     for v in $list; do [ -e "$(resolve "${v%%=*}")" ] || return 1; done
 }
-tpm_present() { [ -e /dev/tpmrm0 ] || [ -e /dev/tpm0 ]; }
+say() { sr_say "$@"; }
+tpm_present() { sr_tpm_present; }
 
 say "starting ($(echo $list | wc -w) volume(s))"
 deadline=$(($(uptime_s) + TIMEOUT))
@@ -81,7 +86,5 @@ for v in $list; do
 done
 [ $# -gt 0 ] || exit 0
 mkdir -p /run/cryptsetup
-/usr/sbin/sealroot --kmsg unlock --askpass /sbin/sealroot-askpass "$@"
-rc=$?
-[ "$rc" -eq 0 ] || say "TPM unlock failed (exit $rc); falling back to the passphrase prompt"
+sr_unlock --askpass /sbin/sealroot-askpass -- "$@"
 exit 0

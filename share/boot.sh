@@ -1,0 +1,119 @@
+# sealroot's boot-time shell library, sourced by the initramfs-tools local-top script and the
+# dracut unlock script (POSIX sh: dash, busybox ash, bash). It fails closed: whatever
+# happens — sealroot crashing, a usage error, `sealroot=off`, nothing to unlock — the fence
+# PCR is extended before the script returns, so before any prompt and before switch-root.
+#
+# Trusted configuration comes from /etc/sealroot/initrd.conf, written by the initrd hook at
+# build time (measured with the initrd). Kernel parameters are attacker input unless the
+# policy binds the command line: they are validated, never evaluated, and never reach
+# sealroot's environment.
+
+SR_BIN=/usr/sbin/sealroot
+SR_CONF=/etc/sealroot/initrd.conf
+SR_FENCE_PCR=15
+SR_SRK_HANDLE=0x81000001
+SR_SRK_NAME=""
+SR_TCTI=""
+SR_FENCED=""
+
+sr_say() {
+    echo "sealroot: $*" >/dev/console 2>/dev/null || echo "sealroot: $*"
+    echo "<5>sealroot: $*" >/dev/kmsg 2>/dev/null || true
+}
+
+# sr_uint VALUE DEFAULT MAX: VALUE if it is a decimal number up to MAX, else DEFAULT.
+sr_uint() {
+    case "$1" in
+    '' | *[!0-9]* | ?????*) echo "$2" ;;
+    *) if [ "$1" -le "$3" ]; then echo "$1"; else echo "$2"; fi ;;
+    esac
+}
+
+# Reads the trusted configuration; a malformed value keeps the safe default.
+sr_config() {
+    [ -r "$SR_CONF" ] || return 0
+    while IFS='=' read -r key value; do
+        case "$key" in
+        fence_pcr) SR_FENCE_PCR=$(sr_uint "$value" 15 15) ;;
+        srk_handle)
+            case "$value" in
+            0x81[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]) SR_SRK_HANDLE=$value ;;
+            esac
+            ;;
+        tcti)
+            case "$value" in
+            *[!A-Za-z0-9:/=,._-]*) ;;
+            device:/dev/* | swtpm:* | mssim:*) SR_TCTI=$value ;;
+            esac
+            ;;
+        srk_name)
+            case "$value" in
+            *[!0-9a-f]*) ;;
+            000b????????????????????????????????????????????????????????????????) SR_SRK_NAME=$value ;;
+            esac
+            ;;
+        esac
+    done <"$SR_CONF"
+}
+
+sr_tpm_present() { [ -n "$SR_TCTI" ] || [ -e /dev/tpmrm0 ] || [ -e /dev/tpm0 ]; }
+
+sr_tcti() {
+    if [ -n "$SR_TCTI" ]; then
+        echo "$SR_TCTI"
+    elif [ -e /dev/tpmrm0 ]; then
+        echo device:/dev/tpmrm0
+    else
+        echo device:/dev/tpm0
+    fi
+}
+
+# sealroot with a clean environment (no SEALROOT_TCTI, TSS2_LOG, … from the kernel command
+# line) and an explicit TPM.
+sr_run() {
+    verb=$1
+    shift
+    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$SR_BIN" --kmsg "$verb" --tcti "$(sr_tcti)" "$@"
+}
+
+# Extends the fence once. When a TPM exists but the fence cannot be extended, the boot stops
+# here: a prompt now would let the key be unsealed again later in this boot.
+sr_fence() {
+    [ -z "$SR_FENCED" ] || return 0
+    [ -x "$SR_BIN" ] || return 0
+    if sr_run fence --pcr "$SR_FENCE_PCR"; then
+        SR_FENCED=1
+        return 0
+    fi
+    if ! sr_tpm_present; then
+        SR_FENCED=1
+        return 0
+    fi
+    sr_say "cannot extend the fence PCR $SR_FENCE_PCR although a TPM is present: powering off instead of continuing to a prompt"
+    sleep 10
+    echo o >/proc/sysrq-trigger 2>/dev/null
+    while :; do sleep 3600; done
+}
+
+# sr_unlock [--askpass PROG] -- DEVICE NAME...: unlocks, then makes sure the fence holds
+# (sealroot extends it itself; after a crash or a usage error it has not).
+sr_unlock() {
+    set -- --fence-pcr "$SR_FENCE_PCR" --srk-handle "$SR_SRK_HANDLE" "$@"
+    if [ -n "$SR_SRK_NAME" ]; then
+        set -- --srk-name "$SR_SRK_NAME" "$@"
+    fi
+    sr_run unlock "$@"
+    rc=$?
+    if [ "$rc" -eq 0 ]; then
+        SR_FENCED=1
+    else
+        sr_say "TPM unlock failed (exit $rc); falling back to the passphrase prompt"
+        sr_fence
+    fi
+    return 0
+}
+
+sr_config
+# Every way out of the sourcing script fences, normal or not.
+trap 'sr_fence' EXIT
+trap 'sr_fence; exit 1' INT TERM HUP

@@ -1,0 +1,180 @@
+//! The boot scripts fail closed (trust model requirement 3): the initramfs-tools local-top
+//! script runs, with the real share/boot.sh and the static sealroot, in a minimal root
+//! (busybox sh, a faked /proc/cmdline) against swtpm, and whatever the kernel command line
+//! or the volume list says, PCR 15 is extended when it returns.
+//! Needs the static binary (SEALROOT_BIN, as `make test` sets it) and root (chroot).
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{Fixture, Swtpm};
+
+const SCRIPT: &str = "initramfs-tools/scripts/local-top/sealroot";
+
+struct Root {
+    dir: PathBuf,
+}
+
+/// A root holding busybox, the static sealroot, share/boot.sh, the local-top script, the
+/// fixture's disk image as /disk.img, and a trusted configuration naming the swtpm.
+fn make_root(f: &Fixture, bin: &Path, volumes: &str) -> Root {
+    let root = f.path("root");
+    for d in [
+        "bin",
+        "usr/sbin",
+        "usr/share/sealroot",
+        "etc/sealroot",
+        "scripts",
+        "proc",
+        "dev",
+        "run",
+        "tmp",
+    ] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("busybox-static");
+    for applet in [
+        "sh", "cat", "cut", "wc", "sleep", "env", "mkdir", "awk", "touch",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::copy(bin, root.join("usr/sbin/sealroot")).unwrap();
+    std::fs::copy("share/boot.sh", root.join("usr/share/sealroot/boot.sh")).unwrap();
+    std::fs::copy(SCRIPT, root.join("local-top")).unwrap();
+    std::fs::write(root.join("scripts/functions"), "").unwrap();
+    std::fs::copy(&f.image, root.join("disk.img")).unwrap();
+    std::fs::write(root.join("etc/sealroot/volumes"), volumes).unwrap();
+    std::fs::write(root.join("proc/uptime"), "100.00 100.00\n").unwrap();
+    for (name, minor) in [("null", 3), ("random", 8), ("urandom", 9)] {
+        nix::sys::stat::mknod(
+            &root.join("dev").join(name),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, minor),
+        )
+        .expect("mknod");
+    }
+    // The hook's way: `sealroot initrd-config` from the host's configuration.
+    let host_conf = f.write(
+        "sealroot.conf",
+        format!("tcti={}\n", f.tpm.tcti()).as_bytes(),
+    );
+    let out = Command::new(bin)
+        .args(["initrd-config", "--config"])
+        .arg(&host_conf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(root.join("etc/sealroot/initrd.conf"), &out.stdout).unwrap();
+    Root { dir: root }
+}
+
+impl Root {
+    /// Runs the local-top script with this kernel command line and environment.
+    fn boot(&self, cmdline: &str, env: &[(&str, &str)]) -> (i32, String) {
+        std::fs::write(self.dir.join("proc/cmdline"), format!("{cmdline}\n")).unwrap();
+        let out = Command::new("/usr/sbin/chroot")
+            .arg(&self.dir)
+            .args(["/bin/sh", "/local-top"])
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .envs(env.iter().copied())
+            .output()
+            .expect("chroot");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.code().unwrap_or(-1), text)
+    }
+}
+
+fn setup() -> Option<(Fixture, PathBuf)> {
+    let bin = PathBuf::from(std::env::var_os("SEALROOT_BIN")?);
+    let is_static = Command::new("file")
+        .arg(&bin)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("statically linked"))
+        .unwrap_or(false);
+    if !is_static || !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs the static binary (SEALROOT_BIN) and root");
+        return None;
+    }
+    let f = Fixture::new();
+    f.enroll(&[]);
+    Some((f, bin))
+}
+
+fn fenced(tpm: &Swtpm) -> bool {
+    tpm.read(15) != vec![0u8; 32]
+}
+
+#[test]
+fn sealroot_off_still_fences() {
+    let Some((f, bin)) = setup() else { return };
+    let root = make_root(&f, &bin, "root /disk.img\n");
+    let (code, out) = root.boot("quiet sealroot=off", &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(fenced(&f.tpm), "sealroot=off left PCR 15 at zeros: {out}");
+}
+
+#[test]
+fn a_timeout_with_shell_code_is_ignored_and_the_fence_extended() {
+    let Some((f, bin)) = setup() else { return };
+    let root = make_root(&f, &bin, "root /disk.img\n");
+    let (_, out) = root.boot("sealroot.timeout=a[$(touch${IFS}/pwned)]", &[]);
+    assert!(!root.dir.join("pwned").exists(), "the command ran: {out}");
+    assert!(fenced(&f.tpm), "the script stopped before the fence: {out}");
+}
+
+#[test]
+fn a_volume_name_that_looks_like_an_option_still_fences() {
+    let Some((f, bin)) = setup() else { return };
+    let root = make_root(&f, &bin, "--no-fence /disk.img\n");
+    let (_, out) = root.boot("quiet", &[]);
+    assert!(fenced(&f.tpm), "{out}");
+}
+
+#[test]
+fn the_kernel_command_line_environment_does_not_reach_sealroot() {
+    let Some((f, bin)) = setup() else { return };
+    let root = make_root(&f, &bin, "root /disk.img\n");
+    // init passes unknown NAME=value parameters on as environment: an attacker's TPM.
+    let elsewhere = Swtpm::start(f.dir.path());
+    let (_, out) = root.boot(
+        "quiet",
+        &[
+            ("SEALROOT_TCTI", &elsewhere.tcti()),
+            ("TSS2_LOG", "all+trace"),
+        ],
+    );
+    assert!(fenced(&f.tpm), "the fence went elsewhere: {out}");
+    assert!(!fenced(&elsewhere), "{out}");
+    assert!(!out.contains("esys"), "tpm2-tss logged: {out}");
+}
+
+#[test]
+fn a_crashing_unlock_is_followed_by_the_fence() {
+    let Some((f, bin)) = setup() else { return };
+    let root = make_root(&f, &bin, "root /disk.img\n");
+    // sealroot killed before it could fence (stands in for a crash): the script fences.
+    let real = root.dir.join("usr/sbin/sealroot.real");
+    std::fs::rename(root.dir.join("usr/sbin/sealroot"), &real).unwrap();
+    std::fs::write(
+        root.dir.join("usr/sbin/sealroot"),
+        "#!/bin/sh\ncase \" $* \" in *\" unlock \"*) kill -9 $$ ;; esac\nexec /usr/sbin/sealroot.real \"$@\"\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        root.dir.join("usr/sbin/sealroot"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (_, out) = root.boot("quiet", &[]);
+    assert!(out.contains("TPM unlock failed"), "{out}");
+    assert!(fenced(&f.tpm), "{out}");
+}
