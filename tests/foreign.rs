@@ -290,3 +290,21 @@ fn corrupted_foreign_tokens_are_clear_errors() {
     assert!(!r.stderr.contains("panicked"));
     assert_eq!(f.image_hash(), after_tamper, "unlock must not write");
 }
+
+#[test]
+fn an_unfenced_foreign_token_is_called_out_by_enroll_and_status() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], None);
+    let r = f.enroll(&[]);
+    assert!(
+        r.stderr.contains("does not bind the fence PCR 15"),
+        "{}",
+        r.stderr
+    );
+    let s = f.run(&["status", f.image.to_str().unwrap()]);
+    assert!(s.stdout.contains("WARNING"), "{}", s.stdout);
+    // What the warning is about: after the fence, the systemd token still unseals.
+    assert_eq!(f.run(&["fence"]).code, 0);
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -335,3 +335,56 @@ fn with_an_attacker_storage_key_no_session_reaches_the_bus() {
     assert!(!codes.contains(&TPM_CC_START_AUTH_SESSION), "{codes:x?}");
     assert!(!codes.contains(&TPM_CC_UNSEAL), "{codes:x?}");
 }
+
+#[test]
+fn a_tpm_in_lockout_is_reported_before_anyone_types_a_pin() {
+    let f = Fixture::new();
+    let pin = f.write("pin", b"2468\n");
+    f.enroll(&["--pin", "--pin-file", pin.to_str().unwrap()]);
+    f.tpm.tools(&[
+        "tpm2_dictionarylockout",
+        "--setup-parameters",
+        "--max-tries=1",
+        "--recovery-time=600",
+        "--lockout-recovery-time=600",
+    ]);
+    let wrong = f.write("wrong", b"1357\n");
+    let r = f.unlock_test(&["--no-fence", "--pin-file", wrong.to_str().unwrap()]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    // Now in lockout: an askpass that records being run must never be run.
+    let asked = f.path("asked");
+    let askpass = f.write(
+        "askpass",
+        format!("#!/bin/sh\ntouch {}\necho 2468\n", asked.display()).as_bytes(),
+    );
+    std::fs::set_permissions(
+        &askpass,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let r = f.unlock_test(&["--no-fence", "--askpass", askpass.to_str().unwrap()]);
+    assert_eq!(r.code, 6, "{}", r.stderr);
+    assert!(r.stderr.contains("lockout"), "{}", r.stderr);
+    assert!(!asked.exists(), "a PIN was asked for in lockout");
+}
+
+#[test]
+fn enrollment_whose_recovery_key_cannot_be_written_out_leaves_nothing_behind() {
+    let f = Fixture::new();
+    let img = f.image.to_str().unwrap();
+    let before = f.run(&["status", "--json", img]).stdout;
+    let out = Command::new(common::bin())
+        .args(["enroll", img, "--unlock-key-file"])
+        .arg(&f.passfile)
+        .args(["--recovery-key", "--tcti", &f.tpm.tcti()])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("nothing was enrolled"), "{stderr}");
+    let after = f.run(&["status", "--json", img]).stdout;
+    let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+    assert_eq!(v(&before)["keyslots"], v(&after)["keyslots"]);
+    assert_eq!(v(&before)["tokens"], v(&after)["tokens"]);
+}

@@ -116,8 +116,17 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         }
     };
 
+    // All or nothing: without its recovery key (when one was asked for) the new token and
+    // keyslot go again, and the volume is as it was.
     let recovery_keyslot = if o.recovery_key {
-        Some(add_recovery_key(&mut vol, &existing)?)
+        match add_recovery_key(&mut vol, &existing) {
+            Ok(slot) => Some(slot),
+            Err(e) => {
+                let _ = vol.remove_token(token_id);
+                let _ = vol.destroy_keyslot(keyslot);
+                return Err(e);
+            }
+        }
     } else {
         None
     };
@@ -190,16 +199,27 @@ fn add_recovery_key(vol: &mut Volume, existing: &Secret) -> Result<u32> {
         "type": RECOVERY_TOKEN_TYPE,
         "keyslots": [slot.to_string()],
     });
-    if let Err(e) = vol.add_token(&marker) {
-        let _ = vol.destroy_keyslot(slot);
-        return Err(e.into());
-    }
-    // The one time the key is shown: on stdout, so it can be captured; never logged.
+    let marker_id = match vol.add_token(&marker) {
+        Ok(id) => id,
+        Err(e) => {
+            let _ = vol.destroy_keyslot(slot);
+            return Err(e.into());
+        }
+    };
+    // The one time the key is shown: on stdout, so it can be captured; never logged. The
+    // slot stays only if the key was written out.
     eprintln!("sealroot: recovery key for keyslot {slot} (shown once; store it safely):");
     let mut out = std::io::stdout().lock();
-    out.write_all(key.expose())
+    let written = out
+        .write_all(key.expose())
         .and_then(|_| out.write_all(b"\n"))
-        .and_then(|_| out.flush())
-        .map_err(|e| Error::Other(format!("cannot print the recovery key: {e}")))?;
+        .and_then(|_| out.flush());
+    if let Err(e) = written {
+        let _ = vol.remove_token(marker_id);
+        let _ = vol.destroy_keyslot(slot);
+        return Err(Error::Other(format!(
+            "cannot write the recovery key out ({e}); nothing was enrolled"
+        )));
+    }
     Ok(slot)
 }

@@ -249,6 +249,10 @@ fn unseal_with_pin(
             Err(e) => return Ok(Err(e)),
         }
     }
+    // A TPM in lockout would refuse any PIN: say so instead of asking for one.
+    if a.tpm.get()?.in_lockout()? {
+        return Ok(Err(TpmError::Lockout));
+    }
     let tries = if a.pin_file.is_some() { 1 } else { PIN_TRIES };
     for attempt in 0..tries {
         let pin = read_pin(a.pin_file, a.askpass, vol, name)?;

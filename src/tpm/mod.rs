@@ -9,11 +9,13 @@
 //! - `policy`: policy digests computed in software; `policy_session`: the same assertions
 //!   sent to the TPM
 //! - `pcr`: banks, PCR_Read, PCR_Event; `fence`: what the fence measures
+//! - `lockout`: the dictionary-attack state, checked before a PIN is asked for
 //! - `wire`: marshalling helpers; `error`: return codes as actionable errors
 
 pub mod context;
 pub mod error;
 pub mod fence;
+pub mod lockout;
 pub mod object;
 pub mod pcr;
 pub mod policy;

@@ -9,9 +9,12 @@ if command -v systemd-ask-password >/dev/null 2>&1 && [ -d /run/systemd/system ]
 fi
 # Plain console: no echo while typing; the PIN goes to the caller's stdout (fd 3).
 exec 3>&1 </dev/console >/dev/console 2>&1 || exit 1
+# Echo comes back however this ends (Ctrl-C, a kill from a timeout).
+trap 'stty echo 2>/dev/null' EXIT
+trap 'exit 1' INT TERM HUP
 printf '%s' "$prompt"
 stty -echo 2>/dev/null
-read -r pin
-stty echo 2>/dev/null
+# IFS= keeps leading and trailing blanks: they are part of the PIN.
+IFS= read -r pin
 echo
 printf '%s\n' "$pin" >&3
