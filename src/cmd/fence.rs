@@ -13,5 +13,6 @@ pub struct FenceOptions {
 pub fn run(o: &FenceOptions) -> Result<()> {
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
     tpm.get()?.pcr_event(o.pcr, &fence::event(&[]))?;
+    crate::console::progress(&format!("fence PCR {} extended", o.pcr));
     Ok(())
 }

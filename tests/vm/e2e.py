@@ -8,8 +8,10 @@ FLAVOUR: initramfs-tools, dracut-systemd or dracut-nosystemd.
 Every process started here (qemu, swtpm) is stopped by its PID, also on failure.
 """
 
+import json
 import os
 import re
+import uuid
 import shutil
 import signal
 import subprocess
@@ -64,12 +66,15 @@ class Guest:
         self.recovery_key = None
         self.boots = 0
 
-    def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=()):
+    def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=(),
+             disk=None, extra=None):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
         failure); `pins`: what to type at successive PIN prompts (more prompts than answers
-        is a failure). Returns the serial log with carriage returns removed."""
+        is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc, read
+        only). Returns the serial log with carriage returns removed."""
         self.boots += 1
         cmdline = cmdline or self.cmdline
+        disk = disk or self.disk
         log_path = os.path.join(self.work, f"{self.boots:02d}-{name}.log")
         mode_img = os.path.join(self.work, "mode.img")
         with open(mode_img, "wb") as f:
@@ -86,9 +91,11 @@ class Guest:
             "-initrd", self.initrd,
             "-append", cmdline,
             "-drive", "file=%s,format=raw,if=virtio%s"
-            % (self.disk, "" if persist else ",snapshot=on"),
+            % (disk, "" if persist else ",snapshot=on"),
             "-drive", f"file={mode_img},format=raw,if=virtio,readonly=on",
         ]
+        if extra:
+            cmd += ["-drive", f"file={extra},format=raw,if=virtio,readonly=on"]
         if tpm:
             if os.path.exists(sock):
                 os.unlink(sock)
@@ -253,6 +260,54 @@ def main():
         need(text, r"sealroot: wrong PIN, try again", "retry after a wrong PIN")
         need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as ", "unlock with the PIN")
 
+    def switched_off():
+        # sealroot=off skips the unlock, not the fence.
+        text = g.boot("sealroot-off", "check", cmdline=g.cmdline + " sealroot=off",
+                      answer=g.passphrase)
+        fence_before_prompt(text)
+        need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds after sealroot=off")
+
+    def substituted_root():
+        # The attacker's disk: the victim's LUKS UUID, a passphrase the attacker knows, and a
+        # copy of the victim's token edited to have no fence (here a copy of the victim's
+        # disk, so the token would even open it). The victim's real header rides along as
+        # /dev/vdc: what the attacker's root asks the TPM to unseal after the prompt.
+        attacker = os.path.join(g.work, "attacker.img")
+        subprocess.run(["cp", "--sparse=always", g.disk, attacker], check=True)
+        for tid in range(4):
+            out = subprocess.run(["cryptsetup", "token", "export", "--token-id", str(tid),
+                                  attacker], capture_output=True, text=True)
+            if out.returncode == 0 and json.loads(out.stdout).get("type") == "sealroot":
+                token = json.loads(out.stdout)
+                break
+        else:
+            raise Failure("no sealroot token on the enrolled disk")
+        token["fence_pcr"] = None
+        subprocess.run(["cryptsetup", "token", "import", "--token-replace", "--token-id",
+                        str(tid), attacker], input=json.dumps(token), text=True, check=True)
+        attacker_pass = os.path.join(g.work, "attacker-pass")
+        with open(attacker_pass, "w") as f:
+            f.write("attacker passphrase")
+        subprocess.run(["cryptsetup", "luksAddKey", "-q", "--pbkdf", "pbkdf2",
+                        "--pbkdf-force-iterations", "1000", "--key-file",
+                        os.path.join(g.guest, "passphrase"), attacker, attacker_pass],
+                       check=True)
+        real = os.path.join(g.work, "real.hdr")
+        if os.path.exists(real):
+            os.unlink(real)
+        subprocess.run(["cryptsetup", "luksHeaderBackup", g.disk, "--header-backup-file",
+                        real], check=True)
+        subprocess.run(["cryptsetup", "luksUUID", "-q", "--uuid", str(uuid.uuid4()), real],
+                       check=True)
+        try:
+            text = g.boot("substituted-root", "attack", disk=attacker, extra=real,
+                          answer="attacker passphrase")
+        finally:
+            os.unlink(attacker)
+        need(text, r"sealroot: .*refused: it is sealed without a fence", "fenceless token refused")
+        fence_before_prompt(text)
+        need(text, r"^E2E-ATTACK rc=5", "the real key stays sealed in the attacker's root")
+
     def fence_before_prompt(text):
         fence = text.find("sealroot: fence PCR 15 extended")
         prompt = PROMPT.search(text)
@@ -267,6 +322,11 @@ def main():
         if flavour == "initramfs-tools":
             scenario("4. PCR mismatch -> stock prompt -> recovery key", recovery_key)
         scenario("5. no TPM -> stock prompt -> passphrase", no_tpm)
+        scenario("6. sealroot=off: stock prompt, and the fence holds in the booted root",
+                 switched_off)
+        if flavour == "initramfs-tools":
+            scenario("7. substituted root with the victim's UUID and a fenceless token: "
+                     "fenced before the prompt, the real key stays sealed", substituted_root)
         scenario("PIN asked through the initrd's prompt: wrong, then right", pin)
     except Failure as e:
         print(f"FAIL ({flavour}): {e}", file=sys.stderr)
