@@ -6,8 +6,8 @@ use std::ptr;
 use tss_esapi_sys::{
     ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, ESYS_TR_RH_OWNER, Esys_CreatePrimary,
     Esys_EvictControl, Esys_Load, Esys_ReadPublic, Esys_TR_Deserialize, Esys_TR_FromTPMPublic,
-    TPM2B_DATA, TPM2B_NAME, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE, TPML_PCR_SELECTION,
-    Tss2_MU_TPM2B_PUBLIC_Marshal, Tss2_MU_TPMT_PUBLIC_Unmarshal,
+    Esys_TR_GetName, TPM2B_DATA, TPM2B_NAME, TPM2B_PUBLIC, TPM2B_SENSITIVE_CREATE,
+    TPML_PCR_SELECTION, Tss2_MU_TPM2B_PUBLIC_Marshal, Tss2_MU_TPMT_PUBLIC_Unmarshal,
 };
 
 use super::context::Tpm;
@@ -160,6 +160,17 @@ impl Tpm {
             Err(e) if classify(e.1) == RcKind::Handle => Ok(None),
             Err(e) => Err(generic(e)),
         }
+    }
+
+    /// The Name ESAPI holds for a handle (no command).
+    pub(super) fn name(&mut self, tr: ESYS_TR) -> Result<Vec<u8>, TpmError> {
+        let mut name = EsysBox::<TPM2B_NAME>::null();
+        // SAFETY: name receives an ESAPI allocation, freed by its box.
+        let rc = unsafe { Esys_TR_GetName(self.ctx, tr, &mut name.0) };
+        check("TR_GetName", rc).map_err(generic)?;
+        name.get()
+            .map(|n| n.name[..usize::from(n.size).min(n.name.len())].to_vec())
+            .ok_or_else(|| TpmError::Invalid("TR_GetName returned nothing".into()))
     }
 
     /// TPM2B_PUBLIC of a loaded object, as the TPM reports it.

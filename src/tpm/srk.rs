@@ -127,9 +127,10 @@ impl Tpm {
                 detail: format!("this TPM has no key at 0x{handle:08x}"),
             });
         };
-        let public = self.read_public(tr);
+        // ESAPI checked the Name against the public area ReadPublic returned.
+        let name = self.name(tr);
         self.close(&mut tr);
-        let name = name_of(&public?)?;
+        let name = name?;
         self.names.push((handle, name.clone()));
         Ok(name)
     }
