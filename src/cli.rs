@@ -160,6 +160,9 @@ pub enum Command {
         /// Host configuration to read instead of /etc/sealroot/sealroot.conf.
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
+        /// The TPM for `srk_name=tpm`.
+        #[command(flatten)]
+        tcti: TctiArg,
     },
     /// Extend the fence PCR now (for hooks with nothing to unlock).
     #[command(after_help = EXIT_CODES)]

@@ -120,12 +120,12 @@ fn run(command: Command) -> u8 {
                 signature,
                 no_fence,
                 trust: sealroot::trust::Trust {
-                    tcti: None,
                     fence_pcr: fence_pcr.0,
                     parent: sealroot::tpm::srk::ExpectedParent {
                         handle: srk_handle,
                         name: srk_name.map(|n| n.0),
                     },
+                    ..Default::default()
                 },
             });
             if let Some(e) = &r.fence_error {
@@ -213,7 +213,7 @@ fn run(command: Command) -> u8 {
             }
             Err(e) => report(&e),
         },
-        Command::InitrdConfig { config } => {
+        Command::InitrdConfig { config, tcti } => {
             let path = config.unwrap_or_else(|| sealroot::trust::HOST_CONFIG.into());
             let text = match std::fs::read_to_string(&path) {
                 Ok(t) => t,
@@ -222,13 +222,24 @@ fn run(command: Command) -> u8 {
                     return report(&Error::Usage(format!("{}: {e}", path.display())));
                 }
             };
-            match sealroot::trust::Trust::parse(&text) {
-                Ok(t) => {
-                    print!("{}", t.render());
-                    exit::OK
+            let mut trust = match sealroot::trust::Trust::parse(&text) {
+                Ok(t) => t,
+                Err(e) => return report(&Error::Usage(format!("{}: {e}", path.display()))),
+            };
+            if trust.srk_name_from_tpm {
+                let handle = trust.parent.handle;
+                let mut tpm = sealroot::tpm::LazyTpm::new(tcti.tcti.as_deref());
+                match tpm.get().and_then(|t| t.persistent_name(handle)) {
+                    Ok(name) => trust.parent.name = Some(name),
+                    Err(e) => {
+                        return report(&Error::Other(format!(
+                            "srk_name=tpm: cannot read the key at 0x{handle:08x} ({e}); enroll first (it creates the SRK), or remove srk_name=tpm"
+                        )));
+                    }
                 }
-                Err(e) => report(&Error::Usage(format!("{}: {e}", path.display()))),
             }
+            print!("{}", trust.render());
+            exit::OK
         }
         Command::Fence { pcr, tcti } => {
             match fence::run(&fence::FenceOptions {

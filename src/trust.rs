@@ -7,6 +7,10 @@ use crate::tpm::fence::DEFAULT_FENCE_PCR;
 use crate::tpm::srk::ExpectedParent;
 
 pub struct Trust {
+    /// `srk_name=tpm`: pin the Name of the key this machine's TPM holds at `srk_handle`
+    /// when the initrd is built (an installed machine rebuilding its own initrd; never in
+    /// an image builder's chroot, whose TPM is the builder's).
+    pub srk_name_from_tpm: bool,
     /// The TPM for the boot scripts when it is not the kernel's device (a test harness,
     /// a simulator); only the scripts read it, from the initrd's file, never from the
     /// kernel command line.
@@ -21,6 +25,7 @@ pub struct Trust {
 impl Default for Trust {
     fn default() -> Trust {
         Trust {
+            srk_name_from_tpm: false,
             tcti: None,
             fence_pcr: Some(DEFAULT_FENCE_PCR),
             parent: ExpectedParent::default(),
@@ -62,6 +67,7 @@ impl Trust {
                         .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
                         .ok_or_else(|| at(format!("srk_handle '{value}' is not 0x81xxxxxx")))?;
                 }
+                "srk_name" if value == "tpm" => t.srk_name_from_tpm = true,
                 "srk_name" => {
                     let name = hex::decode(value)
                         .ok()

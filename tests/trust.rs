@@ -388,3 +388,33 @@ fn enrollment_whose_recovery_key_cannot_be_written_out_leaves_nothing_behind() {
     assert_eq!(v(&before)["keyslots"], v(&after)["keyslots"]);
     assert_eq!(v(&before)["tokens"], v(&after)["tokens"]);
 }
+
+#[test]
+fn initrd_config_pins_this_tpms_srk_only_when_asked() {
+    let f = Fixture::new();
+    let conf = f.write("sealroot.conf", b"srk_name=tpm\n");
+    let conf_s = conf.to_str().unwrap();
+    // No SRK yet: asked to pin, the build must fail rather than pin nothing.
+    let r = f.run(&["initrd-config", "--config", conf_s]);
+    assert_ne!(r.code, 0, "{}", r.stdout);
+    f.enroll(&[]);
+    let r = f.run(&["initrd-config", "--config", conf_s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let srk = B64
+        .decode(
+            export_token(&f.image, 0)["tpm2_srk_public"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let name = hex::encode(sealroot::tpm::object::name_of(&srk).unwrap());
+    assert!(
+        r.stdout.contains(&format!("srk_name={name}\n")),
+        "{}",
+        r.stdout
+    );
+    // Not asked: nothing is read from the TPM (an image builder's chroot).
+    let plain = f.write("plain.conf", b"fence_pcr=15\n");
+    let r = f.run(&["initrd-config", "--config", plain.to_str().unwrap()]);
+    assert!(!r.stdout.contains("srk_name"), "{}", r.stdout);
+}

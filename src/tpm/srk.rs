@@ -118,7 +118,7 @@ impl Tpm {
     }
 
     /// The Name of the object at a persistent handle, read once per context.
-    fn persistent_name(&mut self, handle: u32) -> Result<Vec<u8>, TpmError> {
+    pub fn persistent_name(&mut self, handle: u32) -> Result<Vec<u8>, TpmError> {
         if let Some((_, name)) = self.names.iter().find(|(h, _)| *h == handle) {
             return Ok(name.clone());
         }

@@ -252,7 +252,11 @@ impl Fixture {
 fn takes_tcti(args: &[&str]) -> bool {
     matches!(
         args.first(),
-        Some(&"enroll") | Some(&"unlock") | Some(&"status") | Some(&"fence")
+        Some(&"enroll")
+            | Some(&"unlock")
+            | Some(&"status")
+            | Some(&"fence")
+            | Some(&"initrd-config")
     ) && !args.contains(&"--tcti")
 }
 
