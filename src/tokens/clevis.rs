@@ -48,18 +48,24 @@ impl Jwe {
         serde_json::from_slice(&B64URL.decode(&self.protected).ok()?).ok()
     }
 
-    /// Decrypts with the key of the unsealed JWK (`{"kty":"oct","k":…}`).
+    /// Decrypts with the key of the unsealed JWK (`{"kty":"oct","k":…}`). The JSON is read
+    /// in place (borrowed strings, no copies) and the key decoded straight into a Secret.
     pub fn decrypt(&self, jwk: &Secret) -> Result<Secret, String> {
-        let parsed: Value = serde_json::from_slice(jwk.expose())
-            .map_err(|_| "the unsealed JWK is not JSON".to_string())?;
-        if parsed.get("kty").and_then(Value::as_str) != Some("oct") {
+        #[derive(serde::Deserialize)]
+        struct Jwk<'a> {
+            kty: &'a str,
+            k: &'a str,
+        }
+        let parsed: Jwk<'_> = serde_json::from_slice(jwk.expose())
+            .map_err(|_| "the unsealed JWK is not a JSON key".to_string())?;
+        if parsed.kty != "oct" {
             return Err("the unsealed JWK is not a symmetric key".into());
         }
-        let k = Secret::from_slice(
-            &B64URL
-                .decode(parsed.get("k").and_then(Value::as_str).unwrap_or_default())
-                .map_err(|_| "the unsealed JWK's key is not base64url".to_string())?,
-        );
+        let mut k = Secret::zeroed(parsed.k.len() * 3 / 4 + 3);
+        let n = B64URL
+            .decode_slice(parsed.k, k.expose_mut())
+            .map_err(|_| "the unsealed JWK's key is not base64url".to_string())?;
+        k.truncate(n);
         self.decrypt_with_key(k.expose())
     }
 

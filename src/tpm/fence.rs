@@ -10,20 +10,41 @@
 //!   PCR[b] = H_b(PCR[b] ‖ H_b(event))
 //! so the PCR also attests which volumes were opened with which keys, without revealing them.
 
-use hmac::{Hmac, Mac};
 use sha2::{Digest as _, Sha256};
+use zeroize::Zeroizing;
 
 pub const DEFAULT_FENCE_PCR: u32 = 15;
 const EVENT_TAG: &[u8] = b"sealroot-fence-v1\0";
 
 pub fn unlocked_measurement(volume_key: &[u8], name: &str, uuid: &str) -> [u8; 32] {
-    // HMAC accepts keys of any length; new_from_slice cannot fail for Hmac<Sha256>.
-    let mut mac = match <Hmac<Sha256> as Mac>::new_from_slice(volume_key) {
-        Ok(m) => m,
-        Err(_) => return failed_measurement(name, uuid),
-    };
-    mac.update(format!("sealroot:{name}:{uuid}").as_bytes());
-    mac.finalize().into_bytes().into()
+    hmac_sha256(volume_key, format!("sealroot:{name}:{uuid}").as_bytes())
+}
+
+/// HMAC-SHA256 (RFC 2104) whose key blocks live in zeroizing buffers: the volume key is
+/// its key, and the hmac crate leaves its padded key blocks behind.
+fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut padded = Zeroizing::new([0u8; BLOCK]);
+    if key.len() > BLOCK {
+        padded[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        padded[..key.len()].copy_from_slice(key);
+    }
+    let mut ipad = Zeroizing::new([0x36u8; BLOCK]);
+    let mut opad = Zeroizing::new([0x5cu8; BLOCK]);
+    for i in 0..BLOCK {
+        ipad[i] ^= padded[i];
+        opad[i] ^= padded[i];
+    }
+    let inner = Sha256::new()
+        .chain_update(&ipad[..])
+        .chain_update(message)
+        .finalize();
+    Sha256::new()
+        .chain_update(&opad[..])
+        .chain_update(inner)
+        .finalize()
+        .into()
 }
 
 pub fn failed_measurement(name: &str, uuid: &str) -> [u8; 32] {
@@ -41,6 +62,22 @@ pub fn event(measurements: &[[u8; 32]]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // RFC 4231 test cases 2 (short key) and 6 (key longer than a block).
+        assert_eq!(
+            hex::encode(hmac_sha256(b"Jefe", b"what do ya want for nothing?")),
+            "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+        assert_eq!(
+            hex::encode(hmac_sha256(
+                &[0xaa; 131],
+                b"Test Using Larger Than Block-Size Key - Hash Key First"
+            )),
+            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
+        );
+    }
 
     #[test]
     fn measurements_depend_on_every_input() {
