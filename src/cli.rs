@@ -109,6 +109,10 @@ pub enum Command {
         /// built; without it the TPM's key is read (one more TPM command).
         #[arg(long, value_name = "HEX", value_parser = parse_name)]
         srk_name: Option<SrkName>,
+        /// Give up (exit 4) when the TPM has not answered for this many seconds, PIN
+        /// prompts not counted: a hung TPM must not hang the boot.
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        tpm_timeout: u64,
         #[command(flatten)]
         tcti: TctiArg,
     },
@@ -169,6 +173,9 @@ pub enum Command {
     Fence {
         #[arg(long, value_name = "N", default_value_t = 15, value_parser = clap::value_parser!(u32).range(0..24))]
         pcr: u32,
+        /// Give up (exit 4) when the TPM has not answered for this many seconds.
+        #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        tpm_timeout: u64,
         #[command(flatten)]
         tcti: TctiArg,
     },

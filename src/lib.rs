@@ -15,3 +15,4 @@ pub mod secret;
 pub mod tokens;
 pub mod tpm;
 pub mod trust;
+pub mod watchdog;

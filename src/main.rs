@@ -100,8 +100,10 @@ fn run(command: Command) -> u8 {
             fence_pcr,
             srk_handle,
             srk_name,
+            tpm_timeout,
             tcti,
         } => {
+            sealroot::watchdog::start(std::time::Duration::from_secs(tpm_timeout));
             if pairs.len() % 2 != 0 {
                 return report(&Error::Usage(
                     "unlock takes DEVICE NAME pairs; the last device has no name".into(),
@@ -241,7 +243,12 @@ fn run(command: Command) -> u8 {
             print!("{}", trust.render());
             exit::OK
         }
-        Command::Fence { pcr, tcti } => {
+        Command::Fence {
+            pcr,
+            tpm_timeout,
+            tcti,
+        } => {
+            sealroot::watchdog::start(std::time::Duration::from_secs(tpm_timeout));
             match fence::run(&fence::FenceOptions {
                 pcr,
                 tcti: tcti.tcti,

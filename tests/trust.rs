@@ -418,3 +418,44 @@ fn initrd_config_pins_this_tpms_srk_only_when_asked() {
     let r = f.run(&["initrd-config", "--config", plain.to_str().unwrap()]);
     assert!(!r.stdout.contains("srk_name"), "{}", r.stdout);
 }
+
+#[test]
+fn a_tpm_that_never_answers_does_not_hang_unlock_or_fence() {
+    let f = Fixture::new();
+    f.enroll(&[]);
+    // A "TPM" that accepts connections and never answers (a hung chip or interposer).
+    let (cmd, ctl) = loop {
+        let a = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = a.local_addr().unwrap().port();
+        if let Ok(b) = std::net::TcpListener::bind(("127.0.0.1", port + 1)) {
+            break (a, b);
+        }
+    };
+    let port = cmd.local_addr().unwrap().port();
+    for l in [cmd, ctl] {
+        std::thread::spawn(move || {
+            let held: Vec<_> = l.incoming().flatten().collect();
+            drop(held);
+        });
+    }
+    let tcti = format!("swtpm:host=127.0.0.1,port={port}");
+    for args in [
+        vec!["unlock", f.image.to_str().unwrap(), "root", "--test"],
+        vec!["fence"],
+    ] {
+        let mut full = args.clone();
+        full.extend(["--tpm-timeout", "2", "--tcti", &tcti]);
+        let t0 = std::time::Instant::now();
+        let r = common::run(&full);
+        assert_eq!(r.code, 4, "{args:?}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("did not answer within 2 s"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(20),
+            "{args:?} hung"
+        );
+    }
+}

@@ -277,6 +277,8 @@ fn read_pin(
     vol: &Volume,
     name: &str,
 ) -> Result<Secret> {
+    // A person may take their time: the TPM watchdog does not count it.
+    let _paused = crate::watchdog::pause();
     let prompt = format!("TPM PIN for {name} ({}): ", vol.path().display());
     match (pin_file, askpass) {
         (Some(p), _) => input::read_line_file(p),
