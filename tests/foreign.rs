@@ -5,6 +5,8 @@ mod common;
 
 use std::process::Command;
 
+use base64::Engine as _;
+
 use common::{Fixture, export_token, replace_token};
 
 /// Raw swtpm has no resource manager and these tools leave transient objects behind.
@@ -307,4 +309,37 @@ fn an_unfenced_foreign_token_is_called_out_by_enroll_and_status() {
     assert_eq!(f.run(&["fence"]).code, 0);
     let r = f.unlock_test(&["--no-fence"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn a_tpm2_srk_naming_another_key_is_refused_before_any_session() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], Some("4711"));
+    f.enroll(&["--fence-pcr", "none"]); // creates this TPM's SRK; its token is removed below
+    let attacker = Fixture::new();
+    attacker.enroll(&[]);
+    let attacker_srk = base64::engine::general_purpose::STANDARD
+        .decode(
+            export_token(&attacker.image, 0)["tpm2_srk_public"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let r = f.run(&["remove", f.image.to_str().unwrap(), "--token", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // systemd >= 253 records the parent as a serialized ESYS_TR (`tpm2_srk`): the header's
+    // word. Here it names the attacker's key at the SRK handle.
+    let mut t = export_token(&f.image, 0);
+    let srk = sealroot::tpm::serialized_key_resource(0x8100_0001, &attacker_srk).unwrap();
+    t["tpm2_srk"] = serde_json::json!(base64::engine::general_purpose::STANDARD.encode(srk));
+    replace_token(&f.image, 0, &t);
+    let pin = f.write("pin", b"4711\n");
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin.to_str().unwrap()]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    assert_eq!(
+        f.tpm.lockout_counter(),
+        0,
+        "a dictionary-attack strike was spent"
+    );
 }

@@ -17,16 +17,8 @@ fn fence_is_extended(f: &Fixture) -> bool {
     f.tpm.read(15) != vec![0u8; 32]
 }
 
-/// TPM2_PT_LOCKOUT_COUNTER, read with tpm2-tools: the dictionary-attack strikes so far.
 fn lockout_counter(f: &Fixture) -> u64 {
-    let out = f.tpm.tools(&["tpm2_getcap", "properties-variable"]);
-    for l in out.lines() {
-        if l.trim_start().starts_with("TPM2_PT_LOCKOUT_COUNTER") {
-            let value = l.split(':').nth(1).map(str::trim).unwrap_or_default();
-            return u64::from_str_radix(value.trim_start_matches("0x"), 16).expect("counter");
-        }
-    }
-    panic!("no lockout counter in: {out}");
+    f.tpm.lockout_counter()
 }
 
 fn luks_uuid(image: &std::path::Path) -> String {

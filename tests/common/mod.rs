@@ -129,6 +129,19 @@ impl Swtpm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// TPM2_PT_LOCKOUT_COUNTER, read with tpm2-tools: the dictionary-attack strikes so far.
+    #[allow(dead_code)]
+    pub fn lockout_counter(&self) -> u64 {
+        let out = self.tools(&["tpm2_getcap", "properties-variable"]);
+        for l in out.lines() {
+            if l.trim_start().starts_with("TPM2_PT_LOCKOUT_COUNTER") {
+                let value = l.split(':').nth(1).map(str::trim).unwrap_or_default();
+                return u64::from_str_radix(value.trim_start_matches("0x"), 16).expect("counter");
+            }
+        }
+        panic!("no lockout counter in: {out}");
+    }
+
     /// Extends `pcr` in the sha256 bank (what a firmware or bootloader would do).
     pub fn extend(&self, pcr: u32, data: &[u8]) {
         self.extend_banks(pcr, &[sealroot::tpm::pcr::PcrBank::Sha256], data);
