@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt as _;
 use std::process::Command;
 
 use base64::Engine as _;
@@ -450,4 +451,61 @@ fn a_tpm_that_never_answers_does_not_hang_unlock_or_fence() {
             "{args:?} hung"
         );
     }
+}
+
+#[test]
+fn another_process_of_the_same_user_cannot_read_sealroots_memory() {
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("skipped: needs root to run sealroot as another user");
+        return;
+    }
+    let f = Fixture::new();
+    let pin = f.write("pin", b"2468\n");
+    f.enroll(&["--pin", "--pin-file", pin.to_str().unwrap()]);
+    // sealroot runs as nobody; its askpass (the same user, alive while sealroot holds the
+    // token) tries what any process of that user could: read sealroot's /proc entries.
+    use std::os::unix::fs::PermissionsExt;
+    let dir = f.dir.path();
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&f.image, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let marker = dir.join("readable");
+    let askpass = f.write(
+        "askpass",
+        format!(
+            "#!/bin/sh\nif head -c1 /proc/$PPID/environ >/dev/null 2>&1; then touch {}; fi\necho 2468\n",
+            marker.display()
+        )
+        .as_bytes(),
+    );
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(common::bin())
+        .args([
+            "unlock",
+            f.image.to_str().unwrap(),
+            "root",
+            "--test",
+            "--no-fence",
+        ])
+        .args([
+            "--askpass",
+            askpass.to_str().unwrap(),
+            "--tcti",
+            &f.tpm.tcti(),
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !marker.exists(),
+        "a process of the same user read sealroot's /proc/PID/environ"
+    );
 }
