@@ -47,15 +47,7 @@ fn make_root(f: &Fixture, bin: &Path, volumes: &str) -> Root {
     std::fs::copy(&f.image, root.join("disk.img")).unwrap();
     std::fs::write(root.join("etc/sealroot/volumes"), volumes).unwrap();
     std::fs::write(root.join("proc/uptime"), "100.00 100.00\n").unwrap();
-    for (name, minor) in [("null", 3), ("random", 8), ("urandom", 9)] {
-        nix::sys::stat::mknod(
-            &root.join("dev").join(name),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(1, minor),
-        )
-        .expect("mknod");
-    }
+    common::make_dev_nodes(&root);
     // The hook's way: `sealroot initrd-config` from the host's configuration.
     let host_conf = f.write(
         "sealroot.conf",

@@ -70,15 +70,7 @@ fn static_binary_works_in_an_empty_root() {
     std::fs::copy(&bin, root.join("sealroot")).unwrap();
     std::fs::copy(&f.image, root.join("disk.img")).unwrap();
     std::fs::copy(&f.passfile, root.join("passphrase")).unwrap();
-    for (name, minor) in [("null", 3), ("random", 8), ("urandom", 9)] {
-        nix::sys::stat::mknod(
-            &root.join("dev").join(name),
-            nix::sys::stat::SFlag::S_IFCHR,
-            nix::sys::stat::Mode::from_bits_truncate(0o666),
-            nix::sys::stat::makedev(1, minor),
-        )
-        .expect("mknod");
-    }
+    common::make_dev_nodes(&root);
     let listing: Vec<String> = walk(&root);
     assert_eq!(
         listing,

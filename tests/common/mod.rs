@@ -497,3 +497,19 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut record: impl FnMut(&[u8])) {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// /dev/null, /dev/random and /dev/urandom in a root made for a chroot (what
+/// libcryptsetup and a shell need).
+#[allow(dead_code)]
+pub fn make_dev_nodes(root: &Path) {
+    std::fs::create_dir_all(root.join("dev")).expect("dev");
+    for (name, minor) in [("null", 3), ("random", 8), ("urandom", 9)] {
+        nix::sys::stat::mknod(
+            &root.join("dev").join(name),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+            nix::sys::stat::makedev(1, minor),
+        )
+        .expect("mknod");
+    }
+}
