@@ -478,7 +478,11 @@ fn another_process_of_the_same_user_cannot_read_sealroots_memory() {
         .as_bytes(),
     );
     std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let out = Command::new(common::bin())
+    // A copy the other user can run wherever the checkout lives.
+    let bin = dir.join("sealroot");
+    std::fs::copy(common::bin(), &bin).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(&bin)
         .args([
             "unlock",
             f.image.to_str().unwrap(),
