@@ -129,6 +129,16 @@ pub enum Command {
         #[command(flatten)]
         tcti: TctiArg,
     },
+    /// Write the TPM2B_PUBLIC of the storage root key at 0x81000001 (created with the TCG
+    /// template when absent, as enroll does), for sealing to this TPM from elsewhere.
+    #[command(after_help = EXIT_CODES)]
+    SrkPublic {
+        /// Write here instead of stdout.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
     /// Open a volume with the recovery key or a passphrase (no TPM needed).
     #[command(after_help = EXIT_CODES)]
     Recover {

@@ -167,6 +167,38 @@ fn run(command: Command) -> u8 {
                 Err(e) => report(&e),
             }
         }
+        Command::SrkPublic { out, tcti } => {
+            let mut tpm = sealroot::tpm::LazyTpm::new(tcti.tcti.as_deref());
+            let srk = match tpm.get().and_then(|t| t.srk()) {
+                Ok(s) => s,
+                Err(e) => return report(&e.into()),
+            };
+            let name = sealroot::tpm::object::name_of(&srk.public)
+                .map(hex::encode)
+                .unwrap_or_default();
+            let written = match &out {
+                Some(path) => std::fs::write(path, &srk.public),
+                None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
+                    return report(&Error::Usage(
+                        "the public area is binary: pass --out FILE or redirect stdout".into(),
+                    ));
+                }
+                None => {
+                    use std::io::Write as _;
+                    let mut o = std::io::stdout().lock();
+                    o.write_all(&srk.public).and_then(|_| o.flush())
+                }
+            };
+            if let Err(e) = written {
+                return report(&Error::Other(format!("cannot write the public area: {e}")));
+            }
+            eprintln!(
+                "sealroot: storage root key 0x{:08x}, Name {name} ({} bytes of TPM2B_PUBLIC)",
+                srk.handle,
+                srk.public.len()
+            );
+            exit::OK
+        }
         Command::Recover {
             device,
             name,

@@ -66,6 +66,10 @@ fn describe(t: &mut Value, plan: &UnsealPlan, tpm: &mut LazyTpm, tpm_error: &mut
         ));
     }
     t["pin"] = json!(plan.pin.is_some());
+    if let Some((handle, name)) = plan.recorded_parent() {
+        t["srk_handle"] = json!(format!("0x{handle:08x}"));
+        t["srk_name"] = json!(hex::encode(name));
+    }
     if let Some(signed) = &plan.signed {
         t["signed_pcrs"] = json!(signed.pcrs);
         t["signatures"] = json!(signed.signatures.len());
@@ -172,6 +176,12 @@ pub fn render_text(s: &Value) -> String {
                     _ => "",
                 }
             );
+        }
+        if let (Some(h), Some(n)) = (
+            t.get("srk_handle").and_then(Value::as_str),
+            t.get("srk_name").and_then(Value::as_str),
+        ) {
+            out += &format!("  sealed under the storage key {h}, Name {n}\n");
         }
         if let Some(w) = t.get("warning").and_then(Value::as_str) {
             out += &format!("  WARNING: {w}\n");

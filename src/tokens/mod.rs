@@ -142,6 +142,21 @@ impl UnsealPlan {
         self.fence == Fence::Unknown && !self.pcrs.contains(&fence_pcr)
     }
 
+    /// The persistent parent the token records (handle, Name), as the header says it: for
+    /// `status`, and for pinning the SRK's Name in the initrd.
+    pub fn recorded_parent(&self) -> Option<(u32, Vec<u8>)> {
+        match &self.parent {
+            ParentSpec::Recorded { handle, public } => {
+                Some((*handle, crate::tpm::object::name_of(public).ok()?))
+            }
+            ParentSpec::Serialized(bytes) => {
+                let (handle, name, _) = crate::tpm::wire::parse_key_resource(bytes).ok()?;
+                Some((handle, name))
+            }
+            ParentSpec::Primary(_) => None,
+        }
+    }
+
     /// "systemd-tpm2 token 2", for messages.
     pub fn label(&self) -> String {
         format!("{} token {}", self.kind, self.id)

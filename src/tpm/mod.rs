@@ -24,7 +24,7 @@ pub mod seal;
 pub mod session;
 pub mod srk;
 pub mod unseal;
-mod wire;
+pub mod wire;
 
 pub use context::{LazyTpm, Tpm};
 pub use error::TpmError;

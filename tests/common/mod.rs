@@ -270,6 +270,7 @@ fn takes_tcti(args: &[&str]) -> bool {
             | Some(&"status")
             | Some(&"fence")
             | Some(&"initrd-config")
+            | Some(&"srk-public")
     ) && !args.contains(&"--tcti")
 }
 
