@@ -21,10 +21,11 @@ sr_say() {
     echo "<5>sealroot: $*" >/dev/kmsg 2>/dev/null || true
 }
 
-# sr_uint VALUE DEFAULT MAX: VALUE if it is a decimal number up to MAX, else DEFAULT.
+# sr_uint VALUE DEFAULT MAX: VALUE if it is a decimal number up to MAX (no leading zeros:
+# the shell's arithmetic would read them as octal or fail), else DEFAULT.
 sr_uint() {
     case "$1" in
-    '' | *[!0-9]* | ?????*) echo "$2" ;;
+    '' | *[!0-9]* | ?????* | 0?*) echo "$2" ;;
     *) if [ "$1" -le "$3" ]; then echo "$1"; else echo "$2"; fi ;;
     esac
 }
@@ -73,7 +74,8 @@ sr_tcti() {
 sr_run() {
     verb=$1
     shift
-    env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$SR_BIN" --kmsg "$verb" --tcti "$(sr_tcti)" "$@"
+    # `command`: no shell function can stand in for env.
+    command env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$SR_BIN" --kmsg "$verb" --tcti "$(sr_tcti)" "$@"
 }
 
 # Extends the fence once. When a TPM exists but the fence cannot be extended, the boot stops

@@ -343,3 +343,29 @@ fn a_tpm2_srk_naming_another_key_is_refused_before_any_session() {
         "a dictionary-attack strike was spent"
     );
 }
+
+#[test]
+fn with_a_pinned_srk_a_pin_is_never_salted_to_a_template_primary() {
+    let f = Fixture::new();
+    systemd_enroll(&f, &["--tpm2-pcrs=7"], Some("4711"));
+    f.enroll(&["--fence-pcr", "none"]); // this TPM's SRK, to pin its Name
+    let srk = base64::engine::general_purpose::STANDARD
+        .decode(
+            export_token(&f.image, 1)["tpm2_srk_public"]
+                .as_str()
+                .unwrap(),
+        )
+        .unwrap();
+    let name = hex::encode(sealroot::tpm::object::name_of(&srk).unwrap());
+    let r = f.run(&["remove", f.image.to_str().unwrap(), "--token", "1"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let pin = f.write("pin", b"4711\n");
+    let pin_s = pin.to_str().unwrap();
+    // systemd 252's PIN tokens re-create their parent from a template: refused when pinned.
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin_s, "--srk-name", &name]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("template"), "{}", r.stderr);
+    // Without a pinned Name they still open, as before.
+    let r = f.unlock_test(&["--no-fence", "--pin-file", pin_s]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}

@@ -184,10 +184,17 @@ fn unlock_with_plan(
     let unsealed = if plan.pin.is_none() {
         a.tpm.get()?.unseal(&plan.request(None, expected))
     } else {
-        unseal_with_pin(a, vol, name, &mut |tpm: &mut Tpm, pin: &Secret| {
-            let auth = plan.auth_value(pin);
-            tpm.unseal(&plan.request(auth.as_ref(), expected))
-        })?
+        let offer_cached = plan.parent_is_checked();
+        unseal_with_pin(
+            a,
+            vol,
+            name,
+            offer_cached,
+            &mut |tpm: &mut Tpm, pin: &Secret| {
+                let auth = plan.auth_value(pin);
+                tpm.unseal(&plan.request(auth.as_ref(), expected))
+            },
+        )?
     };
     let secret = unsealed.map_err(|e| match e {
         TpmError::PolicyMismatch { detail } if detail.is_empty() => TpmError::PolicyMismatch {
@@ -230,16 +237,22 @@ fn mismatch_detail(tpm: &mut Tpm, plan: &UnsealPlan) -> String {
 }
 
 /// Unseals with a PIN: first one that served another volume (offered once, as a
-/// convenience: the parent was verified), then from the PIN file, askpass or the terminal,
+/// convenience, and only when `offer_cached`: the parent is a verified persistent key), then from the PIN file, askpass or the terminal,
 /// up to PIN_TRIES times when asking. The outer error is a PIN that could not be read; the
 /// inner one what the TPM said (a wrong PIN after the tries).
 fn unseal_with_pin(
     a: &mut Attempt<'_>,
     vol: &Volume,
     name: &str,
+    offer_cached: bool,
     unseal: &mut dyn FnMut(&mut Tpm, &Secret) -> std::result::Result<Secret, TpmError>,
 ) -> Result<std::result::Result<Secret, TpmError>> {
-    if let Some(pin) = a.pin_cache.take() {
+    let cached = if offer_cached {
+        a.pin_cache.take()
+    } else {
+        None
+    };
+    if let Some(pin) = cached {
         match unseal(a.tpm.get()?, &pin) {
             Ok(s) => {
                 *a.pin_cache = Some(pin);

@@ -142,6 +142,13 @@ impl UnsealPlan {
         self.fence == Fence::Unknown && !self.pcrs.contains(&fence_pcr)
     }
 
+    /// Whether the parent is a persistent key that `unlock` checks against the expected
+    /// one (not a primary re-created from a template): only such tokens are offered a PIN
+    /// that served another volume.
+    pub fn parent_is_checked(&self) -> bool {
+        !matches!(self.parent, ParentSpec::Primary(_))
+    }
+
     /// The persistent parent the token records (handle, Name), as the header says it: for
     /// `status`, and for pinning the SRK's Name in the initrd.
     pub fn recorded_parent(&self) -> Option<(u32, Vec<u8>)> {
@@ -166,6 +173,18 @@ impl UnsealPlan {
     /// asked anything: a sealroot token must carry the configured fence (a header without
     /// one would leave the fence PCR at zero for the rest of the boot).
     pub fn admit(&self, trust: &Trust) -> Result<(), PlanError> {
+        // A parent re-created from a template is whatever key the TPM's answer carries: with
+        // a pinned SRK Name (the defence against an interposer) a PIN must not be salted to
+        // such a key, where the interposer could attack the PIN offline.
+        if trust.parent.name.is_some()
+            && self.pin.is_some()
+            && matches!(self.parent, ParentSpec::Primary(_))
+        {
+            return Err(PlanError(format!(
+                "{}: refused: its PIN would be sent in a session salted to a key created from a template, not to the pinned storage key; re-enroll it under the SRK (systemd >= 253, or sealroot enroll), or use `sealroot recover`",
+                self.label()
+            )));
+        }
         let (Fence::Declared(declared), Some(configured)) = (self.fence, trust.fence_pcr) else {
             return Ok(());
         };

@@ -149,16 +149,21 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
     })
 }
 
-/// A JSON array of PCR numbers (0–23).
+/// A JSON array of PCR numbers (0–23), as a sorted set.
 fn pcr_list(v: &Value) -> Option<Vec<u32>> {
-    v.as_array()?
+    let mut pcrs: Vec<u32> = v
+        .as_array()?
         .iter()
         .map(|v| {
             v.as_u64()
                 .filter(|&n| n < u64::from(PCR_COUNT))
                 .map(|n| n as u32)
         })
-        .collect()
+        .collect::<Option<_>>()?;
+    // A selection is a set: a header repeating PCRs gets no longer lists than 24.
+    pcrs.sort_unstable();
+    pcrs.dedup();
+    Some(pcrs)
 }
 
 /// TPMT_PUBLIC encodings of an RSA signing key as systemd names it (decrypt|sign|
@@ -308,6 +313,14 @@ mod tests {
             "000b5b79b900c9f5d693ba806fad40f663369a4c1b2a580829fec0e6067ef007778d"
         );
         assert!(name(&encodings[1]).starts_with("000bdfc3efdd"));
+    }
+
+    #[test]
+    fn a_pcr_list_is_a_set() {
+        let v: Value = serde_json::from_str("[7, 0, 7, 7, 0]").unwrap();
+        assert_eq!(pcr_list(&v), Some(vec![0, 7]));
+        let v: Value = serde_json::from_str("[24]").unwrap();
+        assert_eq!(pcr_list(&v), None);
     }
 
     #[test]

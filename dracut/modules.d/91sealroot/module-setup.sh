@@ -35,8 +35,12 @@ install() {
     inst_simple /usr/share/sealroot/boot.sh /usr/share/sealroot/boot.sh
 
     mkdir -p "$initdir/etc/sealroot"
-    # The trusted configuration, measured with this initrd; a bad one fails the build.
-    /usr/sbin/sealroot initrd-config >"$initdir/etc/sealroot/initrd.conf" || return 1
+    # The trusted configuration, measured with this initrd; a bad one fails the build
+    # (dracut ignores install()'s return value: stop it here).
+    if ! /usr/sbin/sealroot initrd-config >"$initdir/etc/sealroot/initrd.conf"; then
+        dfatal "sealroot: /etc/sealroot/sealroot.conf is invalid (see above); not building an initrd that would ignore it"
+        exit 1
+    fi
     if [[ -r "${dracutsysrootdir-}/etc/crypttab" ]]; then
         awk '
             /^[[:space:]]*(#|$)/ { next }
@@ -52,5 +56,6 @@ install() {
         $SYSTEMCTL -q --root "$initdir" enable sealroot.service
     else
         inst_hook pre-trigger 90 "$moddir/sealroot-queue.sh"
+        inst_multiple env
     fi
 }

@@ -62,7 +62,7 @@ resolve() {
 }
 uptime_s() { cut -d. -f1 /proc/uptime; }
 disks_present() {
-    for v in $list; do [ -e "$(resolve "${v%%=*}")" ] || return 1; done
+    for v in $list; do [ -e "$(resolve "${v%=*}")" ] || return 1; done
 }
 say() { sr_say "$@"; }
 tpm_present() { sr_tpm_present; }
@@ -79,10 +79,11 @@ else
 fi
 
 set --
+# Entries are SOURCE=NAME; a source may hold '=' itself (PARTUUID=…), a mapping name not.
 for v in $list; do
-    name=${v#*=}
+    name=${v##*=}
     [ -e "/dev/mapper/$name" ] && continue
-    set -- "$@" "$(resolve "${v%%=*}")" "$name"
+    set -- "$@" "$(resolve "${v%=*}")" "$name"
 done
 [ $# -gt 0 ] || exit 0
 mkdir -p /run/cryptsetup
