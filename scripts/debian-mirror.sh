@@ -1,6 +1,6 @@
 #!/bin/sh
-# Prints the Debian archive mirror this machine's apt uses for bookworm main (e.g.
-# http://deb.debian.org/debian), so chroots and deb-src lists follow a local mirror.
+# Prints the Debian archive mirror this machine's apt uses for bookworm main, read from its
+# sources with apt-get indextargets, so chroots and deb-src lists follow a local mirror.
 # SEALROOT_DEBIAN_MIRROR overrides it. Exits 1 with a message when apt names none.
 set -eu
 
@@ -21,7 +21,7 @@ mirror=$(pick --no-release-info 3)
 
 if [ -z "$mirror" ]; then
     echo "debian-mirror: apt has no 'deb' source for bookworm main; add one to" \
-        "/etc/apt/sources.list(.d) or set SEALROOT_DEBIAN_MIRROR=http://your.mirror/debian" >&2
+        "/etc/apt/sources.list(.d) or set SEALROOT_DEBIAN_MIRROR to the archive's URL" >&2
     exit 1
 fi
 echo "${mirror%/}"

@@ -199,9 +199,7 @@ fn parse_pcrs(s: &str) -> Result<PcrList, String> {
 }
 
 fn parse_handle(s: &str) -> Result<u32, String> {
-    s.strip_prefix("0x")
-        .and_then(|h| u32::from_str_radix(h, 16).ok())
-        .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
+    sealroot::trust::parse_persistent_handle(s)
         .ok_or_else(|| format!("'{s}' is not a persistent handle (0x81000000-0x81ffffff)"))
 }
 
@@ -209,9 +207,7 @@ fn parse_handle(s: &str) -> Result<u32, String> {
 pub struct SrkName(pub Vec<u8>);
 
 fn parse_name(s: &str) -> Result<SrkName, String> {
-    hex::decode(s)
-        .ok()
-        .filter(|n| n.len() == 34 && n[..2] == [0x00, 0x0b])
+    sealroot::trust::parse_srk_name(s)
         .map(SrkName)
         .ok_or_else(|| "an SRK Name is 34 bytes of hex starting 000b (SHA-256)".to_string())
 }

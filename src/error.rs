@@ -31,9 +31,6 @@ pub enum Error {
     /// A failure while trying one token of a volume ("sealroot token 0").
     #[error("{label}: {source}")]
     Token { label: String, source: Box<Error> },
-    /// A message of our own with the exit code of a TPM error (foreign tokens).
-    #[error("{message}")]
-    Coded { message: String, code: u8 },
 }
 
 impl Error {
@@ -45,7 +42,6 @@ impl Error {
             Error::Luks(e) => e.exit_code(),
             Error::Other(_) => exit::FAILURE,
             Error::Token { source, .. } => source.exit_code(),
-            Error::Coded { code, .. } => *code,
         }
     }
 
@@ -59,16 +55,6 @@ impl Error {
             exit::DEVICE => 3,
             exit::NO_TOKEN => 2,
             _ => 1,
-        }
-    }
-}
-
-impl Error {
-    /// Keeps this message, takes `e`'s exit code.
-    pub fn with_code_of(self, e: TpmError) -> Error {
-        Error::Coded {
-            message: self.to_string(),
-            code: e.exit_code(),
         }
     }
 }

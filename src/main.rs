@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use cli::{Cli, Command};
-use sealroot::cmd::{enroll, fence, recover, remove, status, unlock};
+use sealroot::cmd::{enroll, fence, initrd_config, recover, remove, srk_public, status, unlock};
 use sealroot::console;
 use sealroot::error::{Error, exit};
 use sealroot::luks::volume::quiet_library_log;
@@ -167,38 +167,16 @@ fn run(command: Command) -> u8 {
                 Err(e) => report(&e),
             }
         }
-        Command::SrkPublic { out, tcti } => {
-            let mut tpm = sealroot::tpm::LazyTpm::new(tcti.tcti.as_deref());
-            let srk = match tpm.get().and_then(|t| t.srk()) {
-                Ok(s) => s,
-                Err(e) => return report(&e.into()),
-            };
-            let name = sealroot::tpm::object::name_of(&srk.public)
-                .map(hex::encode)
-                .unwrap_or_default();
-            let written = match &out {
-                Some(path) => std::fs::write(path, &srk.public),
-                None if std::io::IsTerminal::is_terminal(&std::io::stdout()) => {
-                    return report(&Error::Usage(
-                        "the public area is binary: pass --out FILE or redirect stdout".into(),
-                    ));
-                }
-                None => {
-                    use std::io::Write as _;
-                    let mut o = std::io::stdout().lock();
-                    o.write_all(&srk.public).and_then(|_| o.flush())
-                }
-            };
-            if let Err(e) = written {
-                return report(&Error::Other(format!("cannot write the public area: {e}")));
+        Command::SrkPublic { out, tcti } => match srk_public::run(&srk_public::SrkPublicOptions {
+            out,
+            tcti: tcti.tcti,
+        }) {
+            Ok(line) => {
+                eprintln!("sealroot: {line}");
+                exit::OK
             }
-            eprintln!(
-                "sealroot: storage root key 0x{:08x}, Name {name} ({} bytes of TPM2B_PUBLIC)",
-                srk.handle,
-                srk.public.len()
-            );
-            exit::OK
-        }
+            Err(e) => report(&e),
+        },
         Command::Recover {
             device,
             name,
@@ -248,32 +226,16 @@ fn run(command: Command) -> u8 {
             Err(e) => report(&e),
         },
         Command::InitrdConfig { config, tcti } => {
-            let path = config.unwrap_or_else(|| sealroot::trust::HOST_CONFIG.into());
-            let text = match std::fs::read_to_string(&path) {
-                Ok(t) => t,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-                Err(e) => {
-                    return report(&Error::Usage(format!("{}: {e}", path.display())));
+            match initrd_config::run(&initrd_config::InitrdConfigOptions {
+                config,
+                tcti: tcti.tcti,
+            }) {
+                Ok(text) => {
+                    print!("{text}");
+                    exit::OK
                 }
-            };
-            let mut trust = match sealroot::trust::Trust::parse(&text) {
-                Ok(t) => t,
-                Err(e) => return report(&Error::Usage(format!("{}: {e}", path.display()))),
-            };
-            if trust.srk_name_from_tpm {
-                let handle = trust.parent.handle;
-                let mut tpm = sealroot::tpm::LazyTpm::new(tcti.tcti.as_deref());
-                match tpm.get().and_then(|t| t.persistent_name(handle)) {
-                    Ok(name) => trust.parent.name = Some(name),
-                    Err(e) => {
-                        return report(&Error::Other(format!(
-                            "srk_name=tpm: cannot read the key at 0x{handle:08x} ({e}); enroll first (it creates the SRK), or remove srk_name=tpm"
-                        )));
-                    }
-                }
+                Err(e) => report(&e),
             }
-            print!("{}", trust.render());
-            exit::OK
         }
         Command::Fence {
             pcr,

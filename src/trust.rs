@@ -33,6 +33,21 @@ impl Default for Trust {
     }
 }
 
+/// A persistent handle written `0x81xxxxxx`: the one spelling configuration, command line
+/// and tokens use.
+pub fn parse_persistent_handle(s: &str) -> Option<u32> {
+    s.strip_prefix("0x")
+        .and_then(|h| u32::from_str_radix(h, 16).ok())
+        .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
+}
+
+/// An SRK Name as tpm2_readpublic prints it: SHA-256 nameAlg (000b) and 32 bytes, in hex.
+pub fn parse_srk_name(s: &str) -> Option<Vec<u8>> {
+    hex::decode(s)
+        .ok()
+        .filter(|n| n.len() == 34 && n[..2] == [0x00, 0x0b])
+}
+
 /// Where the host's configuration is read at initrd build time (absent: defaults).
 pub const HOST_CONFIG: &str = "/etc/sealroot/sealroot.conf";
 
@@ -61,18 +76,12 @@ impl Trust {
                     t.fence_pcr = Some(pcr);
                 }
                 "srk_handle" => {
-                    t.parent.handle = value
-                        .strip_prefix("0x")
-                        .and_then(|h| u32::from_str_radix(h, 16).ok())
-                        .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
+                    t.parent.handle = parse_persistent_handle(value)
                         .ok_or_else(|| at(format!("srk_handle '{value}' is not 0x81xxxxxx")))?;
                 }
                 "srk_name" if value == "tpm" => t.srk_name_from_tpm = true,
                 "srk_name" => {
-                    let name = hex::decode(value)
-                        .ok()
-                        .filter(|n| n.len() == 34 && n[..2] == [0x00, 0x0b])
-                        .ok_or_else(|| {
+                    let name = parse_srk_name(value).ok_or_else(|| {
                             at("srk_name must be 34 bytes of hex starting 000b (the SHA-256 Name that tpm2_readpublic prints)".into())
                         })?;
                     t.parent.name = Some(name);

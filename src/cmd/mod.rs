@@ -3,7 +3,9 @@
 
 pub mod enroll;
 pub mod fence;
+pub mod initrd_config;
 pub mod recover;
 pub mod remove;
+pub mod srk_public;
 pub mod status;
 pub mod unlock;

@@ -178,12 +178,13 @@ fn unlock_with_plan(
     test: bool,
 ) -> Result<Secret> {
     let expected = &a.trust.parent;
-    // The parent is checked before a PIN is asked for or anything is sent under it.
-    a.tpm.get()?.verify(&plan.request(None, expected))?;
-    log::debug!("TPM open, parent verified");
+    // `unseal` checks the parent before it sends anything under it; a PIN token has it
+    // checked before the PIN is asked for, too.
     let unsealed = if plan.pin.is_none() {
         a.tpm.get()?.unseal(&plan.request(None, expected))
     } else {
+        a.tpm.get()?.verify(&plan.request(None, expected))?;
+        log::debug!("parent verified before asking for the PIN");
         let offer_cached = plan.parent_is_checked();
         unseal_with_pin(
             a,

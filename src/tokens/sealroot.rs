@@ -149,12 +149,8 @@ impl SealrootToken {
             .decode(&json.tpm2_blob)
             .map_err(|e| bad(format!("tpm2_blob is not base64: {e}")))?;
         let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
-        let srk_handle = json
-            .tpm2_srk_handle
-            .strip_prefix("0x")
-            .and_then(|h| u32::from_str_radix(h, 16).ok())
-            .filter(|h| (0x8100_0000..=0x81FF_FFFF).contains(h))
-            .ok_or_else(|| {
+        let srk_handle =
+            crate::trust::parse_persistent_handle(&json.tpm2_srk_handle).ok_or_else(|| {
                 bad(format!(
                     "tpm2_srk_handle '{}' is not a persistent handle",
                     json.tpm2_srk_handle

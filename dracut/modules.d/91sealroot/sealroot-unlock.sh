@@ -7,6 +7,11 @@
 # `sealroot-unlock --fence-only`: just that (the systemd unit's ExecStopPost, for when this
 # script was killed or timed out).
 
+# Without the library (a broken initrd) still fence, with the defaults.
+if [ ! -r /usr/share/sealroot/boot.sh ]; then
+    command env -i /usr/sbin/sealroot --kmsg fence
+    exit 0
+fi
 . /usr/share/sealroot/boot.sh
 if [ "$1" = --fence-only ]; then
     # After a normal run the fence is extended already.
@@ -64,18 +69,15 @@ uptime_s() { cut -d. -f1 /proc/uptime; }
 disks_present() {
     for v in $list; do [ -e "$(resolve "${v%=*}")" ] || return 1; done
 }
-say() { sr_say "$@"; }
-tpm_present() { sr_tpm_present; }
-
-say "starting ($(echo $list | wc -w) volume(s))"
+sr_say "starting ($(echo $list | wc -w) volume(s))"
 deadline=$(($(uptime_s) + TIMEOUT))
 until disks_present || [ "$(uptime_s)" -ge "$deadline" ]; do sleep 0.1; done
 deadline=$(($(uptime_s) + TPM_TIMEOUT))
-until tpm_present || [ "$(uptime_s)" -ge "$deadline" ]; do sleep 0.1; done
-if tpm_present; then
-    say "devices ready, unlocking"
+until sr_tpm_present || [ "$(uptime_s)" -ge "$deadline" ]; do sleep 0.1; done
+if sr_tpm_present; then
+    sr_say "devices ready, unlocking"
 else
-    say "no TPM device after ${TPM_TIMEOUT}s"
+    sr_say "no TPM device after ${TPM_TIMEOUT}s"
 fi
 
 set --
