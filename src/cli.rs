@@ -51,10 +51,27 @@ pub enum Command {
         device: PathBuf,
         /// PCRs bound to their current values ("7", "4,9"); the fence PCR is added on top.
         /// Default 7: Secure Boot state, stable across kernel updates.
-        #[arg(long, value_name = "LIST", value_parser = parse_pcrs, default_value = "7")]
+        #[arg(long, value_name = "LIST", value_parser = parse_pcrs, default_value = "7", conflicts_with = "srk_public")]
         pcrs: PcrList,
-        #[arg(long, value_name = "BANK", default_value = "sha256", value_parser = clap::value_parser!(PcrBank))]
-        pcr_bank: PcrBank,
+        /// PCR bank (default sha256; with --pcr-values, the values' bank).
+        #[arg(long, value_name = "BANK", value_parser = clap::value_parser!(PcrBank))]
+        pcr_bank: Option<PcrBank>,
+        /// Seal offline, for the TPM whose storage key this TPM2B_PUBLIC is (from
+        /// `sealroot srk-public`, `tpm2_readpublic -o` or `systemd-analyze srk`): no TPM
+        /// is opened; the target imports the key at each unlock.
+        #[arg(
+            long,
+            value_name = "FILE",
+            requires = "pcr_values",
+            conflicts_with = "tcti"
+        )]
+        srk_public: Option<PathBuf>,
+        /// With --srk-public: the value of every bound PCR at the target's boot, as
+        /// `7:sha256=HEX,9:sha256=HEX` or a JSON file
+        /// ({"pcr_bank": "sha256", "pcr_values": {"7": "HEX"}}). The fence PCR is expected
+        /// at zeros and need not be given.
+        #[arg(long, value_name = "SPEC", requires = "srk_public")]
+        pcr_values: Option<String>,
         /// Also require a PIN (asked twice on the terminal, or read from --pin-file).
         #[arg(long)]
         pin: bool,

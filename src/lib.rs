@@ -9,6 +9,7 @@ pub mod console;
 pub mod error;
 pub mod input;
 pub mod luks;
+pub mod pcr_values;
 pub mod pin;
 pub mod recovery;
 pub mod secret;

@@ -7,26 +7,101 @@ use crate::console;
 use crate::error::{Error, Result};
 use crate::input;
 use crate::luks::Volume;
+use crate::pcr_values::{self, PcrValues};
 use crate::pin;
 use crate::recovery;
 use crate::secret::Secret;
 use crate::tokens::passphrase_of;
 use crate::tokens::sealroot::{PinParams, RECOVERY_TOKEN_TYPE, SealrootToken};
 use crate::tpm::LazyTpm;
+use crate::tpm::duplicate::{StorageKey, seal_offline};
 use crate::tpm::pcr::PcrBank;
 use crate::tpm::policy::PolicySpec;
+use crate::tpm::srk::{SRK_HANDLE, Srk};
 
 pub struct EnrollOptions {
     pub device: PathBuf,
     /// PCRs bound to their current values (the fence PCR is added separately).
     pub pcrs: Vec<u32>,
-    pub bank: PcrBank,
+    /// None: sha256, or the bank of the offline target's values.
+    pub bank: Option<PcrBank>,
+    /// Seal offline for another machine's TPM instead of this one's.
+    pub offline: Option<OfflineTarget>,
     pub pin: bool,
     pub pin_file: Option<PathBuf>,
     pub unlock_key_file: Option<PathBuf>,
     pub recovery_key: bool,
     pub fence_pcr: Option<u32>,
     pub tcti: Option<String>,
+}
+
+/// `--srk-public FILE --pcr-values SPEC`.
+pub struct OfflineTarget {
+    pub srk_public: PathBuf,
+    pub pcr_values: String,
+}
+
+/// Where the sealed object comes from: this machine's TPM (TPM2_Create), or software for
+/// a TPM known by its storage key (`duplicate`).
+enum Target {
+    ThisTpm {
+        bank: PcrBank,
+        bound: Vec<u32>,
+    },
+    Offline {
+        srk: Srk,
+        key: StorageKey,
+        values: PcrValues,
+    },
+}
+
+impl Target {
+    fn new(o: &EnrollOptions) -> Result<Target> {
+        let Some(offline) = &o.offline else {
+            let bound = o
+                .pcrs
+                .iter()
+                .copied()
+                .filter(|&p| Some(p) != o.fence_pcr)
+                .collect();
+            return Ok(Target::ThisTpm {
+                bank: o.bank.unwrap_or(PcrBank::Sha256),
+                bound,
+            });
+        };
+        let path = &offline.srk_public;
+        let public = std::fs::read(path).map_err(|e| {
+            Error::Usage(format!("--srk-public: cannot read {}: {e}", path.display()))
+        })?;
+        let key = StorageKey::parse(&public)
+            .map_err(|e| Error::Usage(format!("--srk-public {}: {e}", path.display())))?;
+        let mut values = pcr_values::parse(&offline.pcr_values, o.bank).map_err(Error::Usage)?;
+        if let Some(f) = o.fence_pcr {
+            // The fence PCR is always expected at its reset value; given as such it is fine.
+            let zeros = vec![0u8; values.bank.digest_len()];
+            if values.values.iter().any(|(i, v)| *i == f && *v != zeros) {
+                return Err(Error::Usage(format!(
+                    "--pcr-values gives PCR {f}, the fence PCR, a value other than zeros: the fence is expected at its reset value; leave it out"
+                )));
+            }
+            values.values.retain(|(i, _)| *i != f);
+        }
+        Ok(Target::Offline {
+            srk: Srk {
+                handle: SRK_HANDLE,
+                public,
+            },
+            key,
+            values,
+        })
+    }
+
+    fn bank(&self) -> PcrBank {
+        match self {
+            Target::ThisTpm { bank, .. } => *bank,
+            Target::Offline { values, .. } => values.bank,
+        }
+    }
 }
 
 pub struct Enrolled {
@@ -36,7 +111,8 @@ pub struct Enrolled {
 }
 
 pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
-    if let Some(f) = o.fence_pcr {
+    let target = Target::new(o)?;
+    if let (Some(f), Target::ThisTpm { .. }) = (o.fence_pcr, &target) {
         crate::trust::check_fence(f, &o.pcrs).map_err(Error::Usage)?;
     }
     let mut vol = Volume::open(&o.device)?;
@@ -49,25 +125,30 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
 
     let pin_secret = if o.pin { Some(read_new_pin(o)?) } else { None };
 
+    // Offline, no TPM is opened at all: the target's TPM is elsewhere.
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
-    let ctx = tpm.get()?;
-    let srk = ctx.srk()?;
-
-    let bound: Vec<u32> = o
-        .pcrs
-        .iter()
-        .copied()
-        .filter(|&p| Some(p) != o.fence_pcr)
-        .collect();
-    let current = ctx.pcr_read(o.bank, &bound)?;
-    let mut pcrs: Vec<(u32, Vec<u8>)> = current.into_iter().collect();
+    let bank = target.bank();
+    let (srk, mut pcrs) = match &target {
+        Target::ThisTpm { bound, .. } => {
+            let ctx = tpm.get()?;
+            let srk = ctx.srk()?;
+            let current = ctx.pcr_read(bank, bound)?;
+            (srk, current.into_iter().collect::<Vec<_>>())
+        }
+        Target::Offline { srk, values, .. } => (srk.clone(), values.values.clone()),
+    };
+    let bound: Vec<u32> = pcrs.iter().map(|(i, _)| *i).collect();
     if let Some(f) = o.fence_pcr {
         // The fence PCR is expected at its reset value: it is extended right after the
         // initrd unlocks, so only the initrd of a freshly reset TPM can unseal.
-        pcrs.push((f, vec![0u8; o.bank.digest_len()]));
+        pcrs.push((f, vec![0u8; bank.digest_len()]));
     }
     pcrs.sort_by_key(|(i, _)| *i);
-    warn_about_bindings(&bound, o.fence_pcr);
+    let how = match target {
+        Target::ThisTpm { .. } => "with --pcrs (e.g. 7,9)",
+        Target::Offline { .. } => "with --pcr-values",
+    };
+    warn_about_bindings(&bound, o.fence_pcr, how);
     warn_about_unfenced_tokens(&mut vol, o.fence_pcr)?;
 
     let pin_params = match &pin_secret {
@@ -85,14 +166,17 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         _ => None,
     };
     let policy = PolicySpec {
-        bank: o.bank,
+        bank,
         pcrs: &pcrs,
         pin: auth.is_some(),
     }
     .digest();
 
     let secret = Secret::random(32).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
-    let sealed = ctx.seal(&srk, &secret, &policy, auth.as_ref())?;
+    let sealed = match &target {
+        Target::ThisTpm { .. } => tpm.get()?.seal(&srk, &secret, &policy, auth.as_ref())?,
+        Target::Offline { key, .. } => seal_offline(key, &secret, &policy, auth.as_ref())?,
+    };
     let passphrase = passphrase_of(&secret);
 
     // From here on the header changes; each step undoes the previous one if it fails.
@@ -102,7 +186,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         sealed,
         srk_handle: srk.handle,
         srk_public: srk.public,
-        bank: o.bank,
+        bank,
         pcrs,
         policy_digest: policy,
         fence_pcr: o.fence_pcr,
@@ -138,7 +222,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
 }
 
 /// Requirement 11 of the trust model: say what the PCRs leave open.
-fn warn_about_bindings(bound: &[u32], fence: Option<u32>) {
+fn warn_about_bindings(bound: &[u32], fence: Option<u32>, how: &str) {
     if bound.is_empty() {
         console::error(
             "warning: no PCRs selected: any boot of this machine, with any kernel and command line, can unseal the key",
@@ -146,7 +230,7 @@ fn warn_about_bindings(bound: &[u32], fence: Option<u32>) {
     }
     if !bound.iter().any(|p| [8, 9, 12].contains(p)) {
         console::error(&format!(
-            "warning: PCRs {bound:?} do not bind the kernel command line (it is measured into PCR 9 by the EFI stub, PCR 8 by GRUB, PCR 12 by systemd-stub): whoever is at the console can boot this initrd with `break=premount` or `rd.break` and reach a root shell before the fence, where the key unseals; bind the right one with --pcrs (e.g. 7,9)"
+            "warning: PCRs {bound:?} do not bind the kernel command line (it is measured into PCR 9 by the EFI stub, PCR 8 by GRUB, PCR 12 by systemd-stub): whoever is at the console can boot this initrd with `break=premount` or `rd.break` and reach a root shell before the fence, where the key unseals; bind the right one {how}"
         ));
     }
     if fence.is_none() {

@@ -66,6 +66,7 @@ fn describe(t: &mut Value, plan: &UnsealPlan, tpm: &mut LazyTpm, tpm_error: &mut
         ));
     }
     t["pin"] = json!(plan.pin.is_some());
+    t["offline_sealed"] = json!(plan.sealed.needs_import());
     if let Some((handle, name)) = plan.recorded_parent() {
         t["srk_handle"] = json!(format!("0x{handle:08x}"));
         t["srk_name"] = json!(hex::encode(name));
@@ -181,7 +182,15 @@ pub fn render_text(s: &Value) -> String {
             t.get("srk_handle").and_then(Value::as_str),
             t.get("srk_name").and_then(Value::as_str),
         ) {
-            out += &format!("  sealed under the storage key {h}, Name {n}\n");
+            if get(t, "offline_sealed").as_bool() == Some(true) {
+                out += &format!(
+                    "  offline-sealed to the storage key {h}, Name {n} (imported at each unlock)\n"
+                );
+            } else {
+                out += &format!("  sealed under the storage key {h}, Name {n}\n");
+            }
+        } else if get(t, "offline_sealed").as_bool() == Some(true) {
+            out += "  offline-sealed (imported at each unlock)\n";
         }
         if let Some(w) = t.get("warning").and_then(Value::as_str) {
             out += &format!("  WARNING: {w}\n");

@@ -19,6 +19,9 @@ pub const TOKEN_TYPE: &str = "sealroot";
 /// Marks the keyslot of a recovery key, so `status` can name it and `remove --all` keeps it.
 pub const RECOVERY_TOKEN_TYPE: &str = "sealroot-recovery";
 pub const FORMAT_VERSION: u32 = 1;
+/// Tokens sealed offline (an import seed in `tpm2_blob`): a sealroot that only knows
+/// version 1 refuses them as too new instead of failing at Load.
+pub const OFFLINE_FORMAT_VERSION: u32 = 2;
 
 /// Fewer iterations than this would make a stolen token's PIN cheap to guess offline
 /// against a TPM without DA protection; more than this would stall the boot.
@@ -105,7 +108,11 @@ impl SealrootToken {
         let json = TokenJson {
             kind: TOKEN_TYPE.into(),
             keyslots: vec![self.keyslot.to_string()],
-            sealroot_version: FORMAT_VERSION,
+            sealroot_version: if self.sealed.needs_import() {
+                OFFLINE_FORMAT_VERSION
+            } else {
+                FORMAT_VERSION
+            },
             tpm2_blob: B64.encode(self.sealed.to_blob()),
             tpm2_srk_handle: format!("0x{:08x}", self.srk_handle),
             tpm2_srk_public: B64.encode(&self.srk_public),
@@ -133,9 +140,9 @@ impl SealrootToken {
         if json.kind != TOKEN_TYPE {
             return Err(bad(format!("type is '{}', not '{TOKEN_TYPE}'", json.kind)));
         }
-        if json.sealroot_version != FORMAT_VERSION {
+        if ![FORMAT_VERSION, OFFLINE_FORMAT_VERSION].contains(&json.sealroot_version) {
             return Err(bad(format!(
-                "format version {} is not supported by this sealroot (knows {FORMAT_VERSION}); update sealroot",
+                "format version {} is not supported by this sealroot (knows {FORMAT_VERSION} and {OFFLINE_FORMAT_VERSION}); update sealroot",
                 json.sealroot_version
             )));
         }
@@ -149,6 +156,18 @@ impl SealrootToken {
             .decode(&json.tpm2_blob)
             .map_err(|e| bad(format!("tpm2_blob is not base64: {e}")))?;
         let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
+        let offline = json.sealroot_version == OFFLINE_FORMAT_VERSION;
+        if sealed.needs_import() != offline {
+            return Err(bad(format!(
+                "tpm2_blob {} an import seed, but the format version is {}",
+                if sealed.needs_import() {
+                    "has"
+                } else {
+                    "lacks"
+                },
+                json.sealroot_version
+            )));
+        }
         let srk_handle =
             crate::trust::parse_persistent_handle(&json.tpm2_srk_handle).ok_or_else(|| {
                 bad(format!(

@@ -53,14 +53,8 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
     let blob = B64
         .decode(blob_b64)
         .map_err(|e| bad(format!("tpm2-blob is not base64: {e}")))?;
-    let sealed = SealedObject::from_blob(&blob).map_err(|e| {
-        let text = e.to_string();
-        if text.contains("trailing") {
-            unsupported("offline-sealed blobs (with an import seed)")
-        } else {
-            bad(text)
-        }
-    })?;
+    // With a trailing import seed (`--tpm2-device-key`), the TPM imports it first.
+    let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
     let pcrs = field("tpm2-pcrs")
         .and_then(pcr_list)
         .ok_or_else(|| bad("tpm2-pcrs is missing or holds something that is not a PCR".into()))?;

@@ -6,6 +6,8 @@
 //! - `object`: public areas and Names, CreatePrimary, persistent handles, Load
 //! - `srk`: the storage root key
 //! - `seal`: sealed-object blobs and TPM2_Create; `unseal`: the unseal flow
+//! - `duplicate`: sealing offline to a storage key's public area (no TPM); `import`:
+//!   TPM2_Import of such an object at unlock
 //! - `policy`: policy digests computed in software; `policy_session`: the same assertions
 //!   sent to the TPM
 //! - `pcr`: banks, PCR_Read, PCR_Event; `fence`: what the fence measures
@@ -13,8 +15,10 @@
 //! - `wire`: marshalling helpers; `error`: return codes as actionable errors
 
 pub mod context;
+pub mod duplicate;
 pub mod error;
 pub mod fence;
+mod import;
 pub mod lockout;
 pub mod object;
 pub mod pcr;

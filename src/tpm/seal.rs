@@ -22,41 +22,61 @@ use crate::secret::Secret;
 
 const TPMA_OBJECT_FIXEDTPM: u32 = 0x0000_0002;
 const TPMA_OBJECT_FIXEDPARENT: u32 = 0x0000_0010;
-const TPMA_OBJECT_NODA: u32 = 0x0000_0400;
+pub(super) const TPMA_OBJECT_NODA: u32 = 0x0000_0400;
 const TPM2_ALG_NULL: u16 = 0x0010;
 /// Salted sessions whose key the client derived differently from the TPM are retried.
 const SESSION_ATTEMPTS: usize = 4;
 
-/// A sealed object as the TPM returned it: TPM2B_PRIVATE and TPM2B_PUBLIC wire bytes.
+/// A sealed object: TPM2B_PRIVATE and TPM2B_PUBLIC wire bytes, as TPM2_Create returned
+/// them, or as sealed offline (`duplicate`): then `private` is the duplicate, which the TPM
+/// must first take in with TPM2_Import, and `import_seed` the TPM2B_ENCRYPTED_SECRET that
+/// keys it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SealedObject {
     pub private: Vec<u8>,
     pub public: Vec<u8>,
+    pub import_seed: Option<Vec<u8>>,
 }
 
 impl SealedObject {
-    /// `TPM2B_PRIVATE ‖ TPM2B_PUBLIC`, the layout systemd uses for `tpm2-blob` too.
+    /// `TPM2B_PRIVATE ‖ TPM2B_PUBLIC [‖ TPM2B_ENCRYPTED_SECRET]`, the layout of systemd's
+    /// `tpm2-blob` (the seed only on objects to import).
     pub fn to_blob(&self) -> Vec<u8> {
         let mut out = self.private.clone();
         out.extend_from_slice(&self.public);
+        if let Some(seed) = &self.import_seed {
+            out.extend_from_slice(seed);
+        }
         out
     }
 
     pub fn from_blob(blob: &[u8]) -> Result<SealedObject, TpmError> {
         let (private, rest) = split_tpm2b(blob, "TPM2B_PRIVATE")?;
         let (public, rest) = split_tpm2b(rest, "TPM2B_PUBLIC")?;
-        if !rest.is_empty() {
-            return Err(TpmError::Invalid(format!(
-                "sealed blob has {} unexpected trailing bytes",
-                rest.len()
-            )));
-        }
+        let import_seed = if rest.is_empty() {
+            None
+        } else {
+            let (seed, rest) = split_tpm2b(rest, "the import seed (TPM2B_ENCRYPTED_SECRET)")?;
+            if !rest.is_empty() {
+                return Err(TpmError::Invalid(format!(
+                    "sealed blob has {} unexpected trailing bytes",
+                    rest.len()
+                )));
+            }
+            Some(seed.to_vec())
+        };
         let obj = SealedObject {
             private: private.to_vec(),
             public: public.to_vec(),
+            import_seed,
         };
         obj.public_area()?;
         Ok(obj)
+    }
+
+    /// Sealed offline: the TPM must import it before loading it.
+    pub fn needs_import(&self) -> bool {
+        self.import_seed.is_some()
     }
 
     pub fn public_area(&self) -> Result<PublicArea, TpmError> {
@@ -99,14 +119,22 @@ fn template(policy: &PolicyDigest, dictionary_attack_protected: bool) -> Vec<u8>
     if !dictionary_attack_protected {
         attributes |= TPMA_OBJECT_NODA;
     }
-    let mut t = Vec::with_capacity(48);
+    // The TPM fills in `unique` at Create.
+    sealed_object_template(attributes, policy, &[])
+}
+
+/// TPMT_PUBLIC of a sealed data object with SHA-256 names: no userWithAuth (only the policy
+/// authorizes), no scheme, the given attributes and `unique`.
+pub(super) fn sealed_object_template(attributes: u32, policy: &[u8], unique: &[u8]) -> Vec<u8> {
+    let mut t = Vec::with_capacity(48 + unique.len());
     t.extend_from_slice(&TPM2_ALG_KEYEDHASH.to_be_bytes());
     t.extend_from_slice(&PcrBank::Sha256.alg_id().to_be_bytes());
     t.extend_from_slice(&attributes.to_be_bytes());
     t.extend_from_slice(&(policy.len() as u16).to_be_bytes());
     t.extend_from_slice(policy);
     t.extend_from_slice(&TPM2_ALG_NULL.to_be_bytes()); // keyedHash scheme
-    t.extend_from_slice(&0u16.to_be_bytes()); // unique: empty
+    t.extend_from_slice(&(unique.len() as u16).to_be_bytes());
+    t.extend_from_slice(unique);
     t
 }
 
@@ -232,6 +260,7 @@ impl Tpm {
             return Ok(SealedObject {
                 private: marshal(private, Tss2_MU_TPM2B_PRIVATE_Marshal, "TPM2B_PRIVATE")?,
                 public: marshal(public, Tss2_MU_TPM2B_PUBLIC_Marshal, "TPM2B_PUBLIC")?,
+                import_seed: None,
             });
         }
     }

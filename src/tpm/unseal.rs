@@ -1,7 +1,8 @@
 //! Unsealing: Load under the parent, a policy session salted with the parent whose
 //! response is encrypted, the policy assertions, Unseal. For a sealroot token that is
 //! exactly six TPM commands per unlock with the fence: Load, StartAuthSession, PolicyPCR,
-//! Unseal (which ends the session), FlushContext, PCR_Event.
+//! Unseal (which ends the session), FlushContext, PCR_Event. An object sealed offline is
+//! imported first: seven.
 
 use tss_esapi_sys::{ESYS_TR, ESYS_TR_NONE, Esys_TR_SetAuth, Esys_Unseal, TPM2B_SENSITIVE_DATA};
 use zeroize::Zeroize;
@@ -58,7 +59,12 @@ impl Tpm {
     }
 
     fn load_and_unseal(&mut self, parent: ESYS_TR, req: &Unseal<'_>) -> Result<Secret, TpmError> {
-        let object = self.load(parent, req.object)?;
+        let object = if req.object.needs_import() {
+            let imported = self.import(parent, req.object)?;
+            self.load(parent, &imported)?
+        } else {
+            self.load(parent, req.object)?
+        };
         let result = self.unseal_loaded(parent, object, req);
         self.flush(object);
         result

@@ -1,0 +1,354 @@
+//! Sealing offline: a sealed data object built in software for a TPM that is not here,
+//! known only by its storage key's TPM2B_PUBLIC. The result is a duplication blob (TPM
+//! Part 1 §23.3, "Protected Storage Hierarchy": outer wrapper only) that only the holder of
+//! that storage key can take in with TPM2_Import — the same construction as systemd's
+//! `--tpm2-device-key`, Ubuntu's secboot and `tpm2_duplicate`. Nothing here touches a TPM.
+//!
+//! The seed that keys the wrapper is encrypted to the storage key: RSA-OAEP for RSA keys,
+//! one-pass ECDH (KDFe) for ECC keys. Only SHA-256 storage keys with AES-CFB (the TCG SRK
+//! templates) are accepted; P-256 for ECC.
+
+use aes::cipher::{AsyncStreamCipher, KeyIvInit};
+use hmac::{Hmac, Mac};
+use p256::elliptic_curve::sec1::ToEncodedPoint;
+use rand_core::OsRng;
+use rsa::{BigUint, Oaep, RsaPublicKey};
+use sha2::{Digest, Sha256};
+use zeroize::{Zeroize, Zeroizing};
+
+use super::error::TpmError;
+use super::object::{TPM2_ALG_ECC, TPM2_ALG_KEYEDHASH, TPM2_ALG_RSA, name_of_template};
+use super::policy::PolicyDigest;
+use super::seal::{SealedObject, TPMA_OBJECT_NODA, sealed_object_template};
+use super::wire::unmarshal_public;
+use crate::secret::Secret;
+
+const TPM2_ALG_SHA256: u16 = 0x000b;
+const TPM2_ALG_AES: u16 = 0x0006;
+const TPM2_ALG_CFB: u16 = 0x0043;
+const TPM2_ECC_NIST_P256: u16 = 0x0003;
+const SHA256_LEN: usize = 32;
+/// Labels carry their terminating NUL (Part 1 §11.4.10.4); KDFa/KDFe add it themselves.
+const LABEL_DUPLICATE: &[u8] = b"DUPLICATE";
+const LABEL_STORAGE: &[u8] = b"STORAGE";
+const LABEL_INTEGRITY: &[u8] = b"INTEGRITY";
+
+/// What of a storage key's public area sealing to it needs.
+pub struct StorageKey {
+    /// AES key size of the key's symmetric scheme, in bits.
+    aes_bits: usize,
+    kind: KeyKind,
+}
+
+enum KeyKind {
+    Rsa(RsaPublicKey),
+    /// The public point, and its x coordinate exactly as in the public area (KDFe's partyV).
+    EccP256 {
+        point: p256::PublicKey,
+        x: Vec<u8>,
+    },
+}
+
+fn unsupported(what: String) -> TpmError {
+    TpmError::Invalid(format!(
+        "{what}: sealroot seals offline only to storage keys made from the TCG SRK templates (RSA or ECC NIST P-256, SHA-256, AES-CFB)"
+    ))
+}
+
+impl StorageKey {
+    /// A TPM2B_PUBLIC as `sealroot srk-public`, `tpm2_readpublic -o` and
+    /// `systemd-analyze srk` write it.
+    pub fn parse(tpm2b: &[u8]) -> Result<StorageKey, TpmError> {
+        let public = unmarshal_public(tpm2b)
+            .map_err(|_| {
+                TpmError::Invalid(
+                    "not a TPM2B_PUBLIC (as `sealroot srk-public` or `tpm2_readpublic -o` write)"
+                        .into(),
+                )
+            })?
+            .publicArea;
+        if public.nameAlg != TPM2_ALG_SHA256 {
+            return Err(unsupported(format!(
+                "the storage key's name algorithm is 0x{:04x}",
+                public.nameAlg
+            )));
+        }
+        let area = super::object::PublicArea::parse(tpm2b)?;
+        if !area.is_storage_key() {
+            return Err(TpmError::Invalid(
+                "the public area is not a storage key (restricted decryption key)".into(),
+            ));
+        }
+        // SAFETY: the union member read is the one `type_` says is there.
+        let (symmetric, kind) = unsafe {
+            match public.type_ {
+                TPM2_ALG_RSA => {
+                    let rsa = &public.parameters.rsaDetail;
+                    let n = &public.unique.rsa;
+                    let n = &n.buffer[..usize::from(n.size).min(n.buffer.len())];
+                    // 0 stands for the default exponent.
+                    let e = if rsa.exponent == 0 {
+                        65537
+                    } else {
+                        rsa.exponent
+                    };
+                    let key = RsaPublicKey::new(BigUint::from_bytes_be(n), BigUint::from(e))
+                        .map_err(|e| {
+                            TpmError::Invalid(format!("the RSA storage key is unusable: {e}"))
+                        })?;
+                    (rsa.symmetric, KeyKind::Rsa(key))
+                }
+                TPM2_ALG_ECC => {
+                    let ecc = &public.parameters.eccDetail;
+                    if ecc.curveID != TPM2_ECC_NIST_P256 {
+                        return Err(unsupported(format!(
+                            "the ECC curve is 0x{:04x}",
+                            ecc.curveID
+                        )));
+                    }
+                    let point = &public.unique.ecc;
+                    let x = &point.x.buffer[..usize::from(point.x.size).min(point.x.buffer.len())];
+                    let y = &point.y.buffer[..usize::from(point.y.size).min(point.y.buffer.len())];
+                    let (px, py) = (left_pad(x, 32)?, left_pad(y, 32)?);
+                    let encoded = p256::EncodedPoint::from_affine_coordinates(
+                        px.as_slice().into(),
+                        py.as_slice().into(),
+                        false,
+                    );
+                    let key =
+                        p256::PublicKey::from_sec1_bytes(encoded.as_bytes()).map_err(|_| {
+                            TpmError::Invalid("the ECC storage key is not a point on P-256".into())
+                        })?;
+                    (
+                        ecc.symmetric,
+                        KeyKind::EccP256 {
+                            point: key,
+                            x: x.to_vec(),
+                        },
+                    )
+                }
+                other => return Err(unsupported(format!("the key type is 0x{other:04x}"))),
+            }
+        };
+        // SAFETY: as above, for the symmetric scheme's unions.
+        let (bits, mode) = unsafe { (symmetric.keyBits.aes, symmetric.mode.aes) };
+        if symmetric.algorithm != TPM2_ALG_AES || mode != TPM2_ALG_CFB || !matches!(bits, 128 | 256)
+        {
+            return Err(unsupported(format!(
+                "the symmetric scheme is 0x{:04x}/{bits}/0x{mode:04x}",
+                symmetric.algorithm
+            )));
+        }
+        Ok(StorageKey {
+            aes_bits: usize::from(bits),
+            kind,
+        })
+    }
+
+    pub fn algorithm(&self) -> &'static str {
+        match self.kind {
+            KeyKind::Rsa(_) => "RSA",
+            KeyKind::EccP256 { .. } => "ECC NIST P-256",
+        }
+    }
+
+    /// A fresh seed and its encryption to this key (TPM2B_ENCRYPTED_SECRET's buffer).
+    fn encrypt_seed(&self) -> Result<(Zeroizing<Vec<u8>>, Vec<u8>), TpmError> {
+        match &self.kind {
+            KeyKind::Rsa(key) => {
+                let seed = Zeroizing::new(random(SHA256_LEN)?);
+                // The label is "DUPLICATE" with its NUL.
+                let padding = Oaep::new_with_label::<Sha256, _>("DUPLICATE\0");
+                let encrypted = key
+                    .encrypt(&mut OsRng, padding, &seed)
+                    .map_err(|e| TpmError::Invalid(format!("RSA-OAEP of the seed failed: {e}")))?;
+                Ok((seed, encrypted))
+            }
+            KeyKind::EccP256 { point, x } => {
+                let ephemeral = p256::ecdh::EphemeralSecret::random(&mut OsRng);
+                let shared = ephemeral.diffie_hellman(point);
+                let ours = ephemeral.public_key().to_encoded_point(false);
+                let (ex, ey) = match (ours.x(), ours.y()) {
+                    (Some(ex), Some(ey)) => (ex.to_vec(), ey.to_vec()),
+                    _ => return Err(TpmError::Invalid("ECDH produced no point".into())),
+                };
+                let seed = kdfe(
+                    shared.raw_secret_bytes(),
+                    LABEL_DUPLICATE,
+                    &ex,
+                    x,
+                    SHA256_LEN * 8,
+                );
+                // TPMS_ECC_POINT: TPM2B x ‖ TPM2B y.
+                let mut encrypted = tpm2b(&ex);
+                encrypted.extend_from_slice(&tpm2b(&ey));
+                Ok((seed, encrypted))
+            }
+        }
+    }
+}
+
+/// Builds a sealed data object of `secret` for the TPM holding `parent` (TPM2B_PUBLIC),
+/// usable only through `policy`: DA-protected with `auth` (the stretched PIN), noDA without.
+/// The object's seedValue is random and independent of the wrapping seed.
+pub fn seal_offline(
+    parent: &StorageKey,
+    secret: &Secret,
+    policy: &PolicyDigest,
+    auth: Option<&Secret>,
+) -> Result<SealedObject, TpmError> {
+    if secret.len() > 128 {
+        return Err(TpmError::Invalid("secret too long to seal".into()));
+    }
+    let seed_value = Zeroizing::new(random(SHA256_LEN)?);
+    let mut unique_input = Zeroizing::new(seed_value.to_vec());
+    unique_input.extend_from_slice(secret.expose());
+    let unique = Sha256::digest(unique_input.as_slice());
+    // fixedTPM and fixedParent would make TPM2_Import refuse the object.
+    let attributes = if auth.is_some() { 0 } else { TPMA_OBJECT_NODA };
+    let public = sealed_object_template(attributes, policy, &unique);
+    let name = name_of_template(&public)?;
+
+    // The TPM removes trailing zeros of an authValue when it uses it; store it that way.
+    let auth = auth.map(|a| {
+        let bytes = a.expose();
+        let end = bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        Zeroizing::new(bytes[..end].to_vec())
+    });
+    let sensitive = marshal_sensitive(auth.as_deref().map(|v| v.as_slice()), &seed_value, secret);
+    let (seed, encrypted_seed) = parent.encrypt_seed()?;
+    let duplicate = wrap(&seed, parent.aes_bits, &name, sensitive);
+
+    let mut public_tpm2b = tpm2b(&public);
+    let sealed = SealedObject {
+        private: tpm2b(&duplicate),
+        public: std::mem::take(&mut public_tpm2b),
+        import_seed: Some(tpm2b(&encrypted_seed)),
+    };
+    Ok(sealed)
+}
+
+/// TPM2B_SENSITIVE of a sealed data object: type, authValue, seedValue, the data.
+fn marshal_sensitive(auth: Option<&[u8]>, seed_value: &[u8], secret: &Secret) -> Secret {
+    let auth = auth.unwrap_or(&[]);
+    let inner = 2 + (2 + auth.len()) + (2 + seed_value.len()) + (2 + secret.len());
+    let mut out = Secret::with_capacity(2 + inner);
+    let mut put = |bytes: &[u8]| {
+        for &b in bytes {
+            out.push(b);
+        }
+    };
+    put(&(inner as u16).to_be_bytes());
+    put(&TPM2_ALG_KEYEDHASH.to_be_bytes());
+    for field in [auth, seed_value, secret.expose()] {
+        put(&(field.len() as u16).to_be_bytes());
+        put(field);
+    }
+    out
+}
+
+/// The outer wrapper: AES-CFB of the sensitive area under a key derived from the seed and
+/// the object's Name, then an HMAC over both. Returns TPM2B(HMAC) ‖ ciphertext, the buffer
+/// of the duplicate's TPM2B_PRIVATE.
+fn wrap(seed: &[u8], aes_bits: usize, name: &[u8], mut sensitive: Secret) -> Vec<u8> {
+    let sym_key = kdfa(seed, LABEL_STORAGE, name, &[], aes_bits);
+    let iv = [0u8; 16];
+    let data = sensitive.expose_mut();
+    match aes_bits {
+        128 => cfb_mode::Encryptor::<aes::Aes128>::new(sym_key.as_slice().into(), &iv.into())
+            .encrypt(data),
+        _ => cfb_mode::Encryptor::<aes::Aes256>::new(sym_key.as_slice().into(), &iv.into())
+            .encrypt(data),
+    }
+    // Encrypted now: what is left in `sensitive` is ciphertext.
+    let hmac_key = kdfa(seed, LABEL_INTEGRITY, &[], &[], SHA256_LEN * 8);
+    let mut mac = hmac_sha256(&hmac_key);
+    mac.update(sensitive.expose());
+    mac.update(name);
+    let integrity = mac.finalize().into_bytes();
+    let mut out = tpm2b(&integrity);
+    out.extend_from_slice(sensitive.expose());
+    out
+}
+
+fn hmac_sha256(key: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes keys of any length.
+    <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!())
+}
+
+/// KDFa with SHA-256 (TPM Part 1 §11.4.10.2, SP800-108 counter mode).
+pub fn kdfa(
+    key: &[u8],
+    label: &[u8],
+    context_u: &[u8],
+    context_v: &[u8],
+    bits: usize,
+) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(bits.div_ceil(8) + SHA256_LEN));
+    let mut counter = 1u32;
+    while out.len() * 8 < bits {
+        let mut mac = hmac_sha256(key);
+        mac.update(&counter.to_be_bytes());
+        mac.update(label);
+        mac.update(&[0]);
+        mac.update(context_u);
+        mac.update(context_v);
+        mac.update(&(bits as u32).to_be_bytes());
+        let mut block = mac.finalize().into_bytes();
+        out.extend_from_slice(&block);
+        block.as_mut_slice().zeroize();
+        counter += 1;
+    }
+    out.truncate(bits.div_ceil(8));
+    out
+}
+
+/// KDFe with SHA-256 (TPM Part 1 §11.4.10.3, SP800-56A concatenation KDF).
+pub fn kdfe(
+    z: &[u8],
+    label: &[u8],
+    party_u: &[u8],
+    party_v: &[u8],
+    bits: usize,
+) -> Zeroizing<Vec<u8>> {
+    let mut out = Zeroizing::new(Vec::with_capacity(bits.div_ceil(8) + SHA256_LEN));
+    let mut counter = 1u32;
+    while out.len() * 8 < bits {
+        let mut h = Sha256::new();
+        h.update(counter.to_be_bytes());
+        h.update(z);
+        h.update(label);
+        h.update([0]);
+        h.update(party_u);
+        h.update(party_v);
+        let mut block = h.finalize();
+        out.extend_from_slice(&block);
+        block.as_mut_slice().zeroize();
+        counter += 1;
+    }
+    out.truncate(bits.div_ceil(8));
+    out
+}
+
+fn tpm2b(bytes: &[u8]) -> Vec<u8> {
+    let mut out = (bytes.len() as u16).to_be_bytes().to_vec();
+    out.extend_from_slice(bytes);
+    out
+}
+
+fn left_pad(bytes: &[u8], len: usize) -> Result<Vec<u8>, TpmError> {
+    if bytes.len() > len {
+        return Err(TpmError::Invalid(
+            "the ECC storage key's point is too long for P-256".into(),
+        ));
+    }
+    let mut out = vec![0u8; len - bytes.len()];
+    out.extend_from_slice(bytes);
+    Ok(out)
+}
+
+fn random(len: usize) -> Result<Vec<u8>, TpmError> {
+    let mut out = vec![0u8; len];
+    getrandom::getrandom(&mut out).map_err(|e| TpmError::Invalid(format!("no randomness: {e}")))?;
+    Ok(out)
+}
