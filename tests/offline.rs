@@ -6,7 +6,7 @@
 mod common;
 
 use common::{BusCapture, Fixture, Swtpm, export_token, file_hash, replace_token, run_with_env};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -51,7 +51,7 @@ fn export_srk(f: &Fixture, rsa: bool) -> PathBuf {
 }
 
 /// `enroll --srk-public` with the TPM stopped and the environment pointing nowhere.
-fn enroll_offline(f: &mut Fixture, srk: &PathBuf, values: &str, extra: &[&str]) -> common::Run {
+fn enroll_offline(f: &mut Fixture, srk: &Path, values: &str, extra: &[&str]) -> common::Run {
     f.tpm.stop();
     let mut args = vec![
         "enroll",
