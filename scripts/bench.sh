@@ -74,6 +74,7 @@ cc_names() {
         /SWTPM_IO_Read:/ { n++; if (n > skip) grab = 1; next }
         grab { printf "%s%s ", $7, $8 $9 $10; grab = 0 }' "$WORK/swtpm.log" |
     sed -e 's/000173/ReadPublic/g; s/000157/Load/g; s/000176/StartAuthSession/g' \
+        -e 's/000156/Import/g' \
         -e 's/00017f/PolicyPCR/g; s/00017F/PolicyPCR/g; s/00015e/Unseal/g; s/00015E/Unseal/g' \
         -e 's/000165/FlushContext/g; s/00017a/GetCapability/g; s/00017A/GetCapability/g' \
         -e 's/000182/PCR_Extend/g; s/00013c/PCR_Event/g; s/00013C/PCR_Event/g' \
@@ -133,6 +134,30 @@ for i in $(seq "$RUNS"); do
     t_sd_systemd+=($(( $(now_us) - s )))
     flush_tpm
 done
+echo "== an offline-sealed token (enroll --srk-public): the TPM imports it at every unlock"
+truncate -s 32M "$WORK/offline.img"
+cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 1000 \
+    --key-file "$WORK/pass" "$WORK/offline.img"
+"$SEALROOT" srk-public --out "$WORK/srk.pub" --tcti "$TCTI" 2>/dev/null
+swtpm_reboot
+pcr7=$(tpm2_pcrread sha256:7 -o "$WORK/pcr7" >/dev/null && od -An -tx1 "$WORK/pcr7" | tr -d ' \n')
+"$SEALROOT" enroll "$WORK/offline.img" --srk-public "$WORK/srk.pub" \
+    --pcr-values "7:sha256=$pcr7" --unlock-key-file "$WORK/pass" 2>/dev/null
+"$SEALROOT" unlock "$WORK/offline.img" bench --test --no-fence --tcti "$TCTI" "${PINNED[@]}"
+declare -a t_offline t_online
+for i in $(seq "$RUNS"); do
+    swtpm_reboot
+    s=$(now_us)
+    "$SEALROOT" unlock "$WORK/offline.img" bench --test --no-fence --tcti "$TCTI" "${PINNED[@]}"
+    t_offline+=($(( $(now_us) - s )))
+    swtpm_reboot
+    s=$(now_us)
+    "$SEALROOT" unlock "$WORK/disk.img" bench --test --no-fence --tcti "$TCTI" "${PINNED[@]}"
+    t_online+=($(( $(now_us) - s )))
+done
+m_off=$(printf '%s\n' "${t_offline[@]}" | median)
+m_on=$(printf '%s\n' "${t_online[@]}" | median)
+
 sd_s=$(printf '%s\n' "${t_sd_sealroot[@]}" | median)
 sd_d=$(printf '%s\n' "${t_sd_systemd[@]}" | median)
 
@@ -146,5 +171,7 @@ printf '%-48s %10.1f %10.1f\n' "clevis luks pass | cryptsetup --test-passphrase"
 printf '%-48s %10.1f %10.1f\n' "systemd-cryptsetup attach (stops at dm)" "$(echo "$md/1000" | bc -l)" "$(echo "$md/$ms" | bc -l)"
 printf '\n%-48s %10.1f %10s\n' "sealroot unlock --test, systemd-tpm2 token" "$(echo "$sd_s/1000" | bc -l)" "1"
 printf '%-48s %10.1f %10.1f\n' "systemd-cryptsetup attach, same token" "$(echo "$sd_d/1000" | bc -l)" "$(echo "$sd_d/$sd_s" | bc -l)"
+printf '\n%-48s %10.1f %10s\n' "sealroot unlock --test, sealed on this TPM" "$(echo "$m_on/1000" | bc -l)" "1"
+printf '%-48s %10.1f %10.2f\n' "sealroot unlock --test, sealed offline (Import)" "$(echo "$m_off/1000" | bc -l)" "$(echo "$m_off/$m_on" | bc -l)"
 printf '\nsealroot / clevis = 1/%.1f (target 1/20); sealroot / systemd-cryptsetup = 1/%.1f (target 1/3); TPM commands per unlock: %d (target 6)\n' \
     "$(echo "$mc/$ms" | bc -l)" "$(echo "$md/$ms" | bc -l)" "$SEALROOT_CMDS"
