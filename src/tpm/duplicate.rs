@@ -24,6 +24,7 @@ use super::wire::unmarshal_public;
 use crate::secret::Secret;
 
 const TPM2_ALG_SHA256: u16 = 0x000b;
+const TPMA_OBJECT_USERWITHAUTH: u32 = 0x0000_0040;
 const TPM2_ALG_AES: u16 = 0x0006;
 const TPM2_ALG_CFB: u16 = 0x0043;
 const TPM2_ECC_NIST_P256: u16 = 0x0003;
@@ -77,6 +78,13 @@ impl StorageKey {
         if !area.is_storage_key() {
             return Err(TpmError::Invalid(
                 "the public area is not a storage key (restricted decryption key)".into(),
+            ));
+        }
+        // An endorsement key is a storage key too, but only usable through a policy
+        // (PolicySecret): it is not what sits at the SRK handle.
+        if area.attributes & TPMA_OBJECT_USERWITHAUTH == 0 {
+            return Err(TpmError::Invalid(
+                "the key needs a policy to be used (an endorsement key?): give the storage root key's public area (`sealroot srk-public`)".into(),
             ));
         }
         // SAFETY: the union member read is the one `type_` says is there.
@@ -454,5 +462,14 @@ mod tests {
         let e = StorageKey::parse(&tpm2b_public).err().unwrap().to_string();
         assert!(e.contains("name algorithm is 0x0004"), "{e}");
         assert!(StorageKey::parse(&[0, 3, 1, 2, 3]).is_err());
+        // The SHA-256 key of the import vector without userWithAuth, as an EK has it.
+        let mut ek = h(
+            "0023000b00030460000000060080004300100003001000207d1f639091f4f93753e5ca964f537491e2ee50058bdf8d93c2f6f165d02a6f2c00205b4e618a7dad9e0cbc7d974ff78ac75ac3ca7be3c54a2b064e0f42f3b43de892",
+        );
+        ek[7] &= !0x40;
+        let mut tpm2b_ek = (ek.len() as u16).to_be_bytes().to_vec();
+        tpm2b_ek.extend_from_slice(&ek);
+        let e = StorageKey::parse(&tpm2b_ek).err().unwrap().to_string();
+        assert!(e.contains("endorsement key"), "{e}");
     }
 }
