@@ -9,7 +9,7 @@
 # only BUILD_PACKAGES are installed, never on the host. What the host happens to have cannot
 # leak in, so a build dependency missing from the list fails on every machine, including the
 # developer's. The root is cached as a tarball keyed by its inputs (suite, mirror, package
-# list), like the VM guest base; each library build starts from a fresh copy of it.
+# list; scripts/debian-root.sh); each library build starts from a fresh copy of it.
 # The Rust link stays on the host (scripts/build-static.sh), against this prefix alone.
 #
 # The Debian mirror (for debootstrap and the deb-src lists) is the one this machine's apt
@@ -18,7 +18,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 DEPS=$ROOT/target/static-deps
-CACHE=${SEALROOT_BUILD_CACHE:-/var/cache/sealroot-build}
 SUITE=bookworm
 
 # Everything the library build uses beyond debootstrap's minbase. Nothing else is there.
@@ -38,32 +37,10 @@ fail() {
 "$ROOT/scripts/deps.sh" build static >&2
 MIRROR=$("$ROOT/scripts/debian-mirror.sh")
 
-# debootstrap does not read apt's configuration: hand it apt's proxy, if any.
-if [ -z "${http_proxy:-}" ]; then
-    eval "$(apt-config shell http_proxy Acquire::http::Proxy)"
-    [ -z "${http_proxy:-}" ] || export http_proxy
-fi
-
-# --- the build root: debootstrap minbase + BUILD_PACKAGES, cached as a tarball
-packages=$(echo $BUILD_PACKAGES | tr ' ' ',')
-ROOT_KEY=$(printf '%s\n' "$SUITE" "$MIRROR" "$packages" "v1" | sha256sum | cut -c1-12)
-ROOT_TARBALL=$CACHE/build-root-$SUITE-$ROOT_KEY.tar
-if [ ! -s "$ROOT_TARBALL" ]; then
-    mkdir -p "$CACHE"
-    work=$(mktemp -d "$CACHE/build.XXXXXX")
-    trap 'rm -rf "$work"' EXIT
-    log "step 'debootstrap the build root': $SUITE from $MIRROR (about 3 minutes, once)"
-    if ! debootstrap --variant=minbase --include="$packages" "$SUITE" "$work/root" "$MIRROR" \
-        >"$work/debootstrap.log" 2>&1; then
-        tail -n 25 "$work/debootstrap.log" | sed 's/^/    /' >&2
-        fail "step 'debootstrap the build root' failed (mirror $MIRROR; packages: $packages)"
-    fi
-    rm -rf "$work/root/var/cache/apt/archives/"*.deb "$work/root/var/lib/apt/lists/"*_Packages
-    tar -C "$work/root" -cf "$ROOT_TARBALL.tmp" .
-    mv "$ROOT_TARBALL.tmp" "$ROOT_TARBALL"
-    rm -rf "$work"
-    trap - EXIT
-fi
+# --- the build root: debootstrap minbase + BUILD_PACKAGES, cached as a tarball by
+# scripts/debian-root.sh (unpacked below, only when the libraries are built)
+# shellcheck disable=SC2086
+ROOT_KEY=$("$ROOT/scripts/debian-root.sh" --key "$SUITE" $BUILD_PACKAGES)
 
 # --- the sources, through a private apt configuration that lists deb-src entries only
 apt_private() {
@@ -111,8 +88,9 @@ find "$DEPS" -mindepth 1 -maxdepth 1 -type d ! -name apt ! -name dl -exec rm -rf
 
 chroot_dir=$DEPS/$KEY/root
 trap 'rm -rf "$chroot_dir"' EXIT
-mkdir -p "$chroot_dir"
-tar -C "$chroot_dir" -xf "$ROOT_TARBALL"
+# shellcheck disable=SC2086
+"$ROOT/scripts/debian-root.sh" "$SUITE" "$chroot_dir" $BUILD_PACKAGES ||
+    fail "step 'the build root' failed (packages: BUILD_PACKAGES in $0)"
 mkdir -p "$chroot_dir/build/dl" "$chroot_dir/build/patches"
 cp "$DEPS"/dl/*.orig.tar.* "$chroot_dir/build/dl/"
 cp "$ROOT"/scripts/patches/*.patch "$chroot_dir/build/patches/"

@@ -514,3 +514,127 @@ pub fn make_dev_nodes(root: &Path) {
         .expect("mknod");
     }
 }
+
+/// The Debian 13 packages of the root `trixie_root` makes: systemd-cryptenroll 257 (in
+/// systemd-cryptsetup) and the tpm2-tss libraries systemd dlopens (esys, rc, mu; esys brings
+/// the TCTIs, swtpm's among them). Found by trying: without esys or rc, systemd-cryptenroll
+/// says "TPM2 support not installed".
+pub const TRIXIE_PACKAGES: &[&str] = &[
+    "systemd-cryptsetup",
+    "libtss2-esys-3.0.2-0t64",
+    "libtss2-rc0t64",
+    "libtss2-mu-4.0.1-0t64",
+];
+
+/// A Debian 13 ("trixie") root with `TRIXIE_PACKAGES`, for the newer systemd Debian 12 lacks:
+/// made once per test process by scripts/debian-root.sh into target/debian-roots/trixie (a
+/// debootstrap, cached as a tarball keyed by its inputs; the script's locks make parallel
+/// test binaries safe). Panics with the script's messages when it cannot be made: such tests
+/// fail, they are never skipped.
+pub fn trixie_root() -> PathBuf {
+    // The outcome is kept either way: a failure is reported by every test that needs the
+    // root, without running debootstrap again for each.
+    static ROOT: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    let root = ROOT.get_or_init(|| {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let out = manifest.join("target/debian-roots/trixie");
+        let started = Instant::now();
+        let r = Command::new(manifest.join("scripts/debian-root.sh"))
+            .arg("trixie")
+            .arg(&out)
+            .args(TRIXIE_PACKAGES)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run scripts/debian-root.sh: {e}"))?;
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        if !r.status.success() {
+            return Err(format!(
+                "the Debian 13 root for systemd-cryptenroll could not be made \
+                 (scripts/debian-root.sh trixie {}; needs root, debootstrap and the mirror):\n{stderr}",
+                out.display()
+            ));
+        }
+        eprint!("{stderr}");
+        eprintln!(
+            "trixie root ready in {:.1} s: {}",
+            started.elapsed().as_secs_f64(),
+            out.display()
+        );
+        Ok(out)
+    });
+    root.clone().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Where `trixie_systemd_cryptenroll` shows the image's directory inside the root.
+pub const IMAGE_DIR_IN_ROOT: &str = "/mnt/image";
+
+/// Runs `systemd-cryptenroll ARGS IMAGE` from `root` (see `trixie_root`) on the host's image
+/// file. It runs in a private mount namespace (`unshare --mount`) and a chroot: the image's
+/// directory is bind-mounted at `IMAGE_DIR_IN_ROOT` (arguments naming files in it are
+/// rewritten to that path), /proc is mounted, /dev is a tmpfs with only null, zero, full,
+/// random and urandom (never the host's TPM), /tmp and /run are tmpfs. The mounts exist only
+/// in that namespace: nothing shows on the host, and they go when the process ends, also when
+/// it or the test is killed (it gets SIGKILL when the test's thread dies). Nothing is written
+/// into the root. Secrets go through `env` (PASSWORD, NEWPIN, …) or files, never argv; the
+/// host's environment is not passed on. A TPM, when one is used, is reached through a TCTI
+/// over TCP (`--tpm2-device=swtpm:host=127.0.0.1,port=P`).
+pub fn trixie_systemd_cryptenroll(
+    root: &Path,
+    image: &Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Output {
+    const SETUP: &str = r#"set -eu
+root=$1 dir=$2
+shift 2
+mount -t proc proc "$root/proc"
+mount -t tmpfs -o mode=0755,nosuid tmpfs "$root/dev"
+for node in null zero full random urandom; do
+    : >"$root/dev/$node"
+    mount --bind "/dev/$node" "$root/dev/$node"
+done
+for d in tmp run mnt; do mount -t tmpfs -o mode=0755 tmpfs "$root/$d"; done
+mkdir "$root/mnt/image"
+mount --bind "$dir" "$root/mnt/image"
+exec chroot "$root" "$@"
+"#;
+    let dir = image
+        .parent()
+        .filter(|d| d.is_absolute())
+        .expect("the image's path is absolute");
+    let name = image.file_name().expect("image file name");
+    let host_prefix = format!("{}/", dir.display());
+    let inner_prefix = format!("{IMAGE_DIR_IN_ROOT}/");
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "/bin/sh",
+        "-c",
+        SETUP,
+        "sh",
+    ])
+    .arg(root)
+    .arg(dir)
+    .arg("/usr/bin/systemd-cryptenroll")
+    .args(args.iter().map(|a| a.replace(&host_prefix, &inner_prefix)))
+    .arg(Path::new(IMAGE_DIR_IN_ROOT).join(name))
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("LANG", "C.UTF-8")
+    .envs(env.iter().copied())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    // SAFETY: setsid and prctl are async-signal-safe and touch no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            // No controlling terminal: a missing secret fails instead of prompting.
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(std::io::Error::from)
+        });
+    }
+    cmd.output().expect("run unshare (util-linux)")
+}
