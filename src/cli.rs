@@ -156,6 +156,40 @@ pub enum Command {
         #[command(flatten)]
         tcti: TctiArg,
     },
+    /// Mark an image so that each instance, on its first boot, re-encrypts itself to its
+    /// own key, seals it to its own TPM and escrows a recovery key (no TPM needed here).
+    #[command(after_help = EXIT_CODES)]
+    Provision {
+        device: PathBuf,
+        /// File holding an existing passphrase, exact bytes (as cryptsetup --key-file).
+        #[arg(long, value_name = "FILE")]
+        unlock_key_file: Option<PathBuf>,
+        /// PCRs each instance binds to its first boot's values; the fence PCR on top.
+        #[arg(long, value_name = "LIST", value_parser = parse_pcrs, default_value = "7")]
+        pcrs: PcrList,
+        #[arg(long, value_name = "BANK", default_value = "sha256", value_parser = clap::value_parser!(PcrBank))]
+        pcr_bank: PcrBank,
+        #[arg(long, value_name = "N|none", default_value = "15", value_parser = parse_fence)]
+        fence_pcr: FencePcr,
+        /// age recipient (age1…) each instance's recovery key is encrypted to, in the header.
+        #[arg(long, value_name = "RECIPIENT", conflicts_with = "no_recovery")]
+        escrow: Option<String>,
+        /// Instances get no recovery key.
+        #[arg(long)]
+        no_recovery: bool,
+        /// Re-encrypt each instance to its own volume key on first boot (the default).
+        #[arg(long, overrides_with = "no_reencrypt")]
+        reencrypt: bool,
+        /// Keep the image's volume key on every instance (only the keyslots change).
+        #[arg(long, overrides_with = "reencrypt")]
+        no_reencrypt: bool,
+    },
+    /// Show the recovery key escrowed at first boot (an age file: `age -d -i IDENTITY`).
+    #[command(after_help = EXIT_CODES)]
+    Escrow {
+        #[command(subcommand)]
+        action: EscrowAction,
+    },
     /// Open a volume with the recovery key or a passphrase (no TPM needed).
     #[command(after_help = EXIT_CODES)]
     Recover {
@@ -206,6 +240,12 @@ pub enum Command {
         #[command(flatten)]
         tcti: TctiArg,
     },
+}
+
+#[derive(Subcommand)]
+pub enum EscrowAction {
+    /// Print the escrowed recovery key of DEVICE, encrypted (armored age).
+    Show { device: PathBuf },
 }
 
 #[derive(Clone, Debug)]

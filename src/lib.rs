@@ -7,6 +7,8 @@
 pub mod cmd;
 pub mod console;
 pub mod error;
+pub mod escrow;
+pub mod firstboot;
 pub mod input;
 pub mod luks;
 pub mod pcr_values;

@@ -5,8 +5,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use cli::{Cli, Command};
-use sealroot::cmd::{enroll, fence, initrd_config, recover, remove, srk_public, status, unlock};
+use cli::{Cli, Command, EscrowAction};
+use sealroot::cmd::{
+    enroll, escrow, fence, initrd_config, provision, recover, remove, srk_public, status, unlock,
+};
 use sealroot::console;
 use sealroot::error::{Error, exit};
 use sealroot::luks::volume::quiet_library_log;
@@ -179,6 +181,44 @@ fn run(command: Command) -> u8 {
         }) {
             Ok(line) => {
                 eprintln!("sealroot: {line}");
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Provision {
+            device,
+            unlock_key_file,
+            pcrs,
+            pcr_bank,
+            fence_pcr,
+            escrow,
+            no_recovery,
+            reencrypt: _,
+            no_reencrypt,
+        } => match provision::run(&provision::ProvisionOptions {
+            device: device.clone(),
+            unlock_key_file,
+            pcrs: pcrs.0,
+            bank: pcr_bank,
+            fence_pcr: fence_pcr.0,
+            escrow,
+            no_recovery,
+            reencrypt: !no_reencrypt,
+        }) {
+            Ok((token, slot)) => {
+                eprintln!(
+                    "sealroot: {} marked for provisioning: token {token}, provisioning keyslot {slot}",
+                    device.display()
+                );
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Escrow {
+            action: EscrowAction::Show { device },
+        } => match escrow::show(&device) {
+            Ok(text) => {
+                print!("{text}");
                 exit::OK
             }
             Err(e) => report(&e),

@@ -19,30 +19,7 @@ const NO_TPM: &str = "swtpm:host=127.0.0.1,port=1";
 fn export_srk(f: &Fixture, rsa: bool) -> PathBuf {
     let out = f.path("srk.pub");
     if rsa {
-        let ctx = f.path("rsa.ctx");
-        let ctx = ctx.to_str().unwrap();
-        f.tpm.tools(&[
-            "tpm2_createprimary",
-            "-C",
-            "o",
-            "-G",
-            "rsa2048:aes128cfb",
-            "-g",
-            "sha256",
-            "-a",
-            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-            "-c",
-            ctx,
-        ]);
-        f.tpm
-            .tools(&["tpm2_evictcontrol", "-C", "o", "-c", ctx, "0x81000001"]);
-        f.tpm.tools(&[
-            "tpm2_readpublic",
-            "-c",
-            "0x81000001",
-            "-o",
-            out.to_str().unwrap(),
-        ]);
+        f.tpm.provision_rsa_srk(&out);
     } else {
         let r = f.run(&["srk-public", "--out", out.to_str().unwrap()]);
         assert_eq!(r.code, 0, "{}", r.stderr);

@@ -135,32 +135,8 @@ fn systemd_device_key_token_unlocks() {
 fn systemd_device_key_token_with_an_rsa_srk() {
     let f = Fixture::new();
     // The TCG's RSA-2048 SRK template, made persistent before anything else touches the TPM.
-    let ctx = f.path("srk.ctx");
-    let ctx = ctx.to_str().unwrap();
-    f.tpm.tools(&[
-        "tpm2_createprimary",
-        "-C",
-        "o",
-        "-G",
-        "rsa2048:aes128cfb",
-        "-g",
-        "sha256",
-        "-a",
-        "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
-        "-c",
-        ctx,
-    ]);
-    f.tpm
-        .tools(&["tpm2_evictcontrol", "-C", "o", "-c", ctx, "0x81000001"]);
-    f.tpm.tools(&["tpm2_flushcontext", "-t"]); // raw swtpm: no resource manager
     let srk = f.path("srk.pub");
-    f.tpm.tools(&[
-        "tpm2_readpublic",
-        "-c",
-        "0x81000001",
-        "-o",
-        srk.to_str().unwrap(),
-    ]);
+    f.tpm.provision_rsa_srk(&srk);
     // sealroot exports the same key: it uses the SRK the TPM has.
     let ours = srk_public(&f, "srk-sealroot.pub");
     assert_eq!(std::fs::read(&ours).unwrap(), std::fs::read(&srk).unwrap());

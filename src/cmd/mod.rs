@@ -2,8 +2,10 @@
 //! the plans of `tokens`.
 
 pub mod enroll;
+pub mod escrow;
 pub mod fence;
 pub mod initrd_config;
+pub mod provision;
 pub mod recover;
 pub mod remove;
 pub mod srk_public;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::console;
 use crate::error::{Error, Result};
+use crate::firstboot::{self, FirstBoot};
 use crate::input;
 use crate::luks::{LuksError, Volume};
 use crate::secret::Secret;
@@ -117,6 +118,23 @@ fn unlock_volume(
     log::debug!("{}: LUKS2 header loaded", device.display());
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
+    // An image's first boot: provisioning opens the volume (and makes it this instance's).
+    match firstboot::find(&mut vol) {
+        Ok(Some((id, token))) => {
+            let mut fb = FirstBoot {
+                tpm: a.tpm,
+                trust: a.trust,
+                activate_as: (!test).then_some(name),
+            };
+            match firstboot::run(&mut fb, &mut vol, id, token) {
+                Ok(Some(volume_key)) => return Ok((uuid, volume_key)),
+                Ok(None) => {}
+                Err(e) => return Err(fail(e)),
+            }
+        }
+        Ok(None) => {}
+        Err(e) => console::error(&format!("{}: {e}", device.display())),
+    }
     // sealroot's own tokens first, then what systemd-cryptenroll and clevis enrolled, each
     // group in token order.
     let mut entries: Vec<_> = vol

@@ -1,5 +1,6 @@
 //! LUKS2 through libcryptsetup. Knows nothing of the TPM: tokens are plain JSON here.
 
+pub mod reencrypt;
 pub mod volume;
 
 pub use volume::{LuksError, Volume};

@@ -86,7 +86,7 @@ pub struct TokenEntry {
 }
 
 pub struct Volume {
-    dev: CryptDevice,
+    pub(super) dev: CryptDevice,
     path: PathBuf,
 }
 
@@ -127,7 +127,7 @@ impl Volume {
         &self.path
     }
 
-    fn op_err(&self, op: &'static str, e: LibcryptErr) -> LuksError {
+    pub(super) fn op_err(&self, op: &'static str, e: LibcryptErr) -> LuksError {
         LuksError::Op {
             op,
             path: self.path.display().to_string(),
@@ -242,10 +242,10 @@ impl Volume {
         r.map_err(|e| self.op_err("activate", e))
     }
 
-    /// Adds a keyslot for `new` with a minimal PBKDF (PBKDF2-SHA512, 1000 iterations, no
-    /// benchmark): the passphrases sealroot adds carry full entropy, so stretching buys
-    /// nothing and would only slow the boot.
-    pub fn add_keyslot(&mut self, existing: &[u8], new: &[u8]) -> Result<u32, LuksError> {
+    /// The PBKDF of keyslots sealroot adds (PBKDF2-SHA512, 1000 iterations, no benchmark):
+    /// their passphrases carry full entropy, so stretching buys nothing and would only
+    /// slow the boot.
+    pub(super) fn use_minimal_pbkdf(&mut self) -> Result<(), LuksError> {
         let pbkdf = CryptPbkdfType {
             type_: CryptKdf::Pbkdf2,
             hash: Some(SEALED_SLOT_HASH.into()),
@@ -256,7 +256,13 @@ impl Volume {
             flags: CryptPbkdf::NO_BENCHMARK,
         };
         let set = self.dev.settings_handle().set_pbkdf_type(&pbkdf);
-        set.map_err(|e| self.op_err("set PBKDF", e))?;
+        set.map_err(|e| self.op_err("set PBKDF", e))
+    }
+
+    /// Adds a keyslot for `new` (a full-entropy passphrase: minimal PBKDF), opened with
+    /// `existing`.
+    pub fn add_keyslot(&mut self, existing: &[u8], new: &[u8]) -> Result<u32, LuksError> {
+        self.use_minimal_pbkdf()?;
         let added = self
             .dev
             .keyslot_handle()

@@ -6,6 +6,7 @@
 //! clear message, so the next token (or the passphrase prompt) is tried.
 
 pub mod clevis;
+pub mod provision;
 pub mod sealroot;
 pub mod systemd;
 

@@ -129,6 +129,31 @@ impl Swtpm {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Makes the TCG RSA-2048 SRK template persistent at 0x81000001 with tpm2-tools (before
+    /// anything else creates an SRK there) and writes its TPM2B_PUBLIC, as
+    /// `tpm2_readpublic -o` does, to `out`.
+    pub fn provision_rsa_srk(&self, out: &Path) {
+        let ctx = out.with_extension("ctx");
+        let ctx = ctx.to_str().expect("utf8");
+        self.tools(&[
+            "tpm2_createprimary",
+            "-C",
+            "o",
+            "-G",
+            "rsa2048:aes128cfb",
+            "-g",
+            "sha256",
+            "-a",
+            "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|noda|restricted|decrypt",
+            "-c",
+            ctx,
+        ]);
+        self.tools(&["tpm2_evictcontrol", "-C", "o", "-c", ctx, "0x81000001"]);
+        self.tools(&["tpm2_flushcontext", "-t"]); // raw swtpm: no resource manager
+        let out = out.to_str().expect("utf8");
+        self.tools(&["tpm2_readpublic", "-c", "0x81000001", "-o", out]);
+    }
+
     /// TPM2_PT_LOCKOUT_COUNTER, read with tpm2-tools: the dictionary-attack strikes so far.
     #[allow(dead_code)]
     pub fn lockout_counter(&self) -> u64 {
@@ -275,9 +300,14 @@ fn takes_tcti(args: &[&str]) -> bool {
 }
 
 pub fn make_image(dir: &Path, name: &str, passfile: &Path) -> PathBuf {
+    make_image_of(dir, name, passfile, 8 << 20)
+}
+
+/// The same, `size` bytes (sparse).
+pub fn make_image_of(dir: &Path, name: &str, passfile: &Path, size: u64) -> PathBuf {
     let image = dir.join(name);
     let f = std::fs::File::create(&image).expect("create image");
-    f.set_len(8 << 20).expect("size image");
+    f.set_len(size).expect("size image");
     drop(f);
     let out = Command::new("cryptsetup")
         .args([
@@ -304,6 +334,17 @@ pub fn make_image(dir: &Path, name: &str, passfile: &Path) -> PathBuf {
         String::from_utf8_lossy(&out.stderr)
     );
     image
+}
+
+/// Runs a helper tool (cryptsetup, age, …) that must succeed; its output.
+pub fn checked(cmd: &mut Command) -> Output {
+    let out = cmd.output().expect("run a helper tool (make deps)");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 pub fn file_hash(path: &Path) -> String {

@@ -8,9 +8,11 @@ FLAVOUR: initramfs-tools, dracut-systemd or dracut-nosystemd.
 Every process started here (qemu, swtpm) is stopped by its PID, also on failure.
 """
 
+import base64
 import json
 import os
 import re
+import socket
 import uuid
 import shutil
 import signal
@@ -36,6 +38,10 @@ INITRD = {
     "dracut-systemd": "initrd-systemd.img",
     "dracut-nosystemd": "initrd-nosystemd.img",
 }
+# The host's sealroot, for sealing offline: the static binary the guest's `make install`
+# took (run.sh passes its path; by default the one in this repository's target/).
+SEALROOT = os.environ.get("E2E_SEALROOT") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "target", "static", "sealroot")
 BOOT_TIMEOUT = int(os.environ.get("E2E_BOOT_TIMEOUT", "300"))
 # `make demo`: show what each boot printed that matters, not just ok/FAIL.
 SHOW = os.environ.get("E2E_SHOW") == "1"
@@ -67,20 +73,24 @@ class Guest:
         self.boots = 0
 
     def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=(),
-             disk=None, extra=None):
+             disk=None, extra=None, tpm_state=None):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
         failure); `pins`: what to type at successive PIN prompts (more prompts than answers
         is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc, read
-        only). Returns the serial log with carriage returns removed."""
+        only); `tpm_state`: another vTPM's state directory (another instance). Returns the
+        serial log with carriage returns removed."""
         self.boots += 1
         cmdline = cmdline or self.cmdline
         disk = disk or self.disk
+        tpm_state = tpm_state or self.tpm_state
         log_path = os.path.join(self.work, f"{self.boots:02d}-{name}.log")
         mode_img = os.path.join(self.work, "mode.img")
         with open(mode_img, "wb") as f:
             f.write(mode.encode().ljust(4096, b"\0"))
         swtpm = None
-        sock = os.path.join(self.work, f"swtpm-{os.getpid()}.sock")
+        # One control socket per TPM state.
+        sock = os.path.join(self.work,
+                            f"swtpm-{os.getpid()}-{os.path.basename(tpm_state)}.sock")
         cmd = [
             "qemu-system-x86_64", "-accel", "tcg", "-cpu", "qemu64", "-m", "1024", "-smp", "1",
             "-machine", "q35", "-display", "none", "-serial", "stdio", "-monitor", "none",
@@ -100,7 +110,7 @@ class Guest:
             if os.path.exists(sock):
                 os.unlink(sock)
             swtpm = subprocess.Popen(
-                ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.tpm_state}",
+                ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={tpm_state}",
                  "--ctrl", f"type=unixio,path={sock}", "--terminate"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             for _ in range(100):
@@ -189,6 +199,75 @@ def stop(pid):
         pass
 
 
+def free_port_pair():
+    """A TCP port P on 127.0.0.1 with P+1 also free (swtpm: commands on P, control on
+    P+1)."""
+    for _ in range(50):
+        with socket.socket() as a, socket.socket() as b:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+            if port >= 65535:
+                continue
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+    raise Failure("no free pair of TCP ports for swtpm")
+
+
+def new_vtpm(state, srk_pub):
+    """A new instance's vTPM before its first boot: a fresh swtpm state in `state`, its SRK
+    created and persisted by the host's `sealroot srk-public`, which writes the SRK's
+    TPM2B_PUBLIC to `srk_pub`. Returns the SRK's Name as sealroot printed it."""
+    os.makedirs(state)
+    port = free_port_pair()
+    swtpm = subprocess.Popen(
+        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
+         "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+         "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+         "--flags", "not-need-init,startup-clear"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            if swtpm.poll() is not None:
+                raise Failure(f"swtpm on {state} exited ({swtpm.returncode})")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise Failure(f"swtpm on {state} did not listen on port {port}")
+        out = subprocess.run([SEALROOT, "srk-public", "--out", srk_pub,
+                              "--tcti", f"swtpm:host=127.0.0.1,port={port}"],
+                             capture_output=True, text=True)
+    finally:
+        # By its PID; SIGTERM lets swtpm exit cleanly (it writes its state as the TPM
+        # changes it, so the persisted SRK is already on disk).
+        try:
+            swtpm.terminate()
+            swtpm.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop(swtpm.pid)
+            swtpm.wait()
+    if out.returncode != 0:
+        raise Failure(f"sealroot srk-public on {state}: rc={out.returncode}: "
+                      f"{out.stderr.strip()}")
+    return need(out.stderr, r"storage root key 0x81000001, Name ([0-9a-f]{68})",
+                "srk-public's Name").group(1)
+
+
+def sealroot_token(image):
+    """(token id, token) of the first sealroot token on a LUKS2 image."""
+    for tid in range(32):
+        out = subprocess.run(["cryptsetup", "token", "export", "--token-id", str(tid), image],
+                             capture_output=True, text=True)
+        if out.returncode == 0 and json.loads(out.stdout).get("type") == "sealroot":
+            return tid, json.loads(out.stdout)
+    raise Failure(f"no sealroot token on {image}")
+
+
 def need(text, pattern, what):
     m = re.search(pattern, text, re.M)
     if not m:
@@ -274,14 +353,7 @@ def main():
         # /dev/vdc: what the attacker's root asks the TPM to unseal after the prompt.
         attacker = os.path.join(g.work, "attacker.img")
         subprocess.run(["cp", "--sparse=always", g.disk, attacker], check=True)
-        for tid in range(4):
-            out = subprocess.run(["cryptsetup", "token", "export", "--token-id", str(tid),
-                                  attacker], capture_output=True, text=True)
-            if out.returncode == 0 and json.loads(out.stdout).get("type") == "sealroot":
-                token = json.loads(out.stdout)
-                break
-        else:
-            raise Failure("no sealroot token on the enrolled disk")
+        tid, token = sealroot_token(attacker)
         token["fence_pcr"] = None
         subprocess.run(["cryptsetup", "token", "import", "--token-replace", "--token-id",
                         str(tid), attacker], input=json.dumps(token), text=True, check=True)
@@ -308,6 +380,68 @@ def main():
         fence_before_prompt(text)
         need(text, r"^E2E-ATTACK rc=5", "the real key stays sealed in the attacker's root")
 
+    def offline_sealed():
+        """Issue 12: a new instance's disk sealed offline on the host before its first
+        boot, for that instance's vTPM alone. (initramfs-tools only: the host side is the
+        same for every flavour, and each boot costs about a minute of CI time.)
+
+        The PCR values come from a reference boot of the same image under another TPM
+        state: those the online "enroll" boot recorded on g.disk under state A (PCRs 4 and
+        9 are OVMF's measurements of the same kernel, initrd and command line, whatever
+        the TPM; enroll adds the fence PCR 15 at zeros itself). Instance B: a fresh swtpm
+        state whose SRK `srk-public` creates; a pristine copy of the guest's disk
+        (passphrase keyslot only) sealed to B's SRK public area with `enroll --srk-public
+        --pcr-values`, no TPM opened. Booted with B it unlocks with no prompt and the
+        fence holds in the booted root. The same disk booted with instance C's vTPM (its
+        own SRK) is refused before any session: the stock prompt, after the fence.
+
+        The guest's initrd pins no SRK Name (build-guest.sh writes no sealroot.conf), as a
+        golden image sealed per instance must not: a pinned Name is one instance's."""
+        _, ref = sealroot_token(g.disk)
+        if ref.get("tpm2_pcr_bank") != "sha256" or sorted(ref["tpm2_pcrs"]) != [4, 9, 15]:
+            raise Failure(f"the reference token binds {ref.get('tpm2_pcr_bank')} PCRs "
+                          f"{ref.get('tpm2_pcrs')}, not sha256 PCRs 4, 9 and the fence")
+        spec = ",".join(f"{p}:sha256={ref['tpm2_pcr_values'][p]}" for p in ("4", "9"))
+        if not (os.path.isfile(SEALROOT) and os.access(SEALROOT, os.X_OK)):
+            raise Failure(f"no host sealroot at {SEALROOT} (make static, or set E2E_SEALROOT)")
+        state_b, state_c = os.path.join(g.work, "tpm-b"), os.path.join(g.work, "tpm-c")
+        srk_b, srk_c = os.path.join(g.work, "srk-b.pub"), os.path.join(g.work, "srk-c.pub")
+        name_b = new_vtpm(state_b, srk_b)
+        name_c = new_vtpm(state_c, srk_c)
+        if name_b == name_c:
+            raise Failure("two fresh vTPMs have the same SRK")
+        disk = os.path.join(g.work, "offline.img")
+        subprocess.run(["cp", "--sparse=always", os.path.join(g.guest, "disk.img"), disk],
+                       check=True)
+        try:
+            out = subprocess.run([SEALROOT, "enroll", disk, "--srk-public", srk_b,
+                                  "--pcr-values", spec, "--unlock-key-file",
+                                  os.path.join(g.guest, "passphrase")],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise Failure(f"offline enroll: rc={out.returncode}: {out.stderr.strip()}")
+            print(f"  host: {out.stderr.strip()}; PCRs {spec}; SRK of B {name_b}, of C "
+                  f"{name_c}", flush=True)
+            _, token = sealroot_token(disk)
+            with open(srk_b, "rb") as f:
+                if base64.b64decode(token["tpm2_srk_public"]) != f.read():
+                    raise Failure("the offline token does not record instance B's SRK")
+            if any(token["tpm2_pcr_values"].get(p) != ref["tpm2_pcr_values"][p]
+                   for p in ("4", "9", "15")):
+                raise Failure(f"the offline token's PCR values {token['tpm2_pcr_values']} "
+                              f"are not the reference boot's {ref['tpm2_pcr_values']}")
+            text = g.boot("offline-sealed", "check", disk=disk, tpm_state=state_b)
+            need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as ", "offline-sealed unlock")
+            need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
+            need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+            text = g.boot("offline-other-vtpm", "none", disk=disk, tpm_state=state_c,
+                          answer=g.passphrase)
+            need(text, r"sealroot: .*the token's storage key is not the key at 0x81000001",
+                 "another vTPM's SRK refused")
+            fence_before_prompt(text)
+        finally:
+            os.unlink(disk)
+
     def fence_before_prompt(text):
         fence = text.find("sealroot: fence PCR 15 extended")
         prompt = PROMPT.search(text)
@@ -327,6 +461,10 @@ def main():
         if flavour == "initramfs-tools":
             scenario("7. substituted root with the victim's UUID and a fenceless token: "
                      "fenced before the prompt, the real key stays sealed", substituted_root)
+            # Before the PIN scenario, which replaces the reference token.
+            scenario("8. sealed offline on the host for a new instance's vTPM: unlocks with "
+                     "no prompt; under another vTPM -> stock prompt (initramfs-tools only)",
+                     offline_sealed)
         scenario("PIN asked through the initrd's prompt: wrong, then right", pin)
     except Failure as e:
         print(f"FAIL ({flavour}): {e}", file=sys.stderr)

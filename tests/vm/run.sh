@@ -22,6 +22,8 @@ for flavour in $flavours; do
         ;;
     esac
     echo "e2e: booting ($flavour)" >&2
-    /usr/bin/python3 "$REPO/tests/vm/e2e.py" "$WORK/guest-$base" "$WORK/$flavour" "$flavour" || status=1
+    # The host seals offline with the same static binary the guest's `make install` took.
+    E2E_SEALROOT=$REPO/target/static/sealroot \
+        /usr/bin/python3 "$REPO/tests/vm/e2e.py" "$WORK/guest-$base" "$WORK/$flavour" "$flavour" || status=1
 done
 exit $status
