@@ -14,6 +14,8 @@ use libcryptsetup_rs::{CryptParamsLuks2, CryptParamsReencrypt, Either};
 use super::volume::{LuksError, Volume};
 use crate::secret::Secret;
 
+const LOCK_DIR: &str = "/run/cryptsetup";
+
 /// 32 MiB in 512-byte sectors.
 const MAX_HOTZONE_SECTORS: u64 = 32 * 1024 * 1024 / 512;
 
@@ -114,6 +116,11 @@ impl Volume {
         active: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<(), LuksError> {
+        // libcryptsetup serializes re-encryption with a lock file there; an initrd may not
+        // have the directory yet.
+        if let Err(e) = std::fs::create_dir_all(LOCK_DIR) {
+            log::debug!("cannot create {LOCK_DIR}: {e}");
+        }
         let resume = self.reencryption()? != Reencryption::None;
         let flags = if resume {
             CryptReencrypt::RESUME_ONLY
