@@ -47,6 +47,11 @@ e2e: static
 install: static
 	install -D -m 755 $(STATIC_BIN) $(DESTDIR)$(PREFIX)/sbin/sealroot
 	install -D -m 644 share/boot.sh $(DESTDIR)/usr/share/sealroot/boot.sh
+	install -d $(DESTDIR)/lib/systemd/system/multi-user.target.wants
+	sed 's|@SBINDIR@|$(PREFIX)/sbin|' share/sealroot-finish-provisioning.service \
+		>$(DESTDIR)/lib/systemd/system/sealroot-finish-provisioning.service
+	ln -sf ../sealroot-finish-provisioning.service \
+		$(DESTDIR)/lib/systemd/system/multi-user.target.wants/sealroot-finish-provisioning.service
 	install -D -m 755 initramfs-tools/hooks/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/hooks/sealroot
 	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \

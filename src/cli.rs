@@ -183,6 +183,18 @@ pub enum Command {
         /// Keep the image's volume key on every instance (only the keyslots change).
         #[arg(long, overrides_with = "reencrypt")]
         no_reencrypt: bool,
+        /// Re-encrypt the data in the initrd, before the root is mounted (the first boot
+        /// takes as long as that), instead of after boot with `finish-provisioning`.
+        #[arg(long, conflicts_with = "no_reencrypt")]
+        reencrypt_in_initrd: bool,
+    },
+    /// After boot: re-encrypt the data of volumes whose first boot set that up, then remove
+    /// what is left of the image (sealroot-finish-provisioning.service runs it). SIGTERM
+    /// pauses cleanly; the next run resumes.
+    #[command(after_help = EXIT_CODES)]
+    FinishProvisioning {
+        /// LUKS2 devices (default: the backing devices of every active LUKS2 mapping).
+        devices: Vec<PathBuf>,
     },
     /// Show the recovery key escrowed at first boot (an age file: `age -d -i IDENTITY`).
     #[command(after_help = EXIT_CODES)]

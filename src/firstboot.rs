@@ -98,23 +98,73 @@ pub fn run(
         p.escrow(&mut t, &new_vk)?;
     }
     crash_point("escrowed");
+    if !t.is_done(Step::Verified) {
+        if let Err(e) = p.verify(fb, &new_vk) {
+            p.unseal_undo(&mut t)?;
+            return Err(e);
+        }
+        p.done(&mut t, Step::Verified)?;
+    }
+    crash_point("verified");
     if t.reencrypt && !t.is_done(Step::Reencrypted) {
-        p.reencrypt(fb, &mut t)?;
+        if !t.reencrypt_in_initrd {
+            // The data pass runs after switch-root (`finish-provisioning`): set it up, then
+            // open the volume with both keys.
+            p.start_reencryption(&mut t)?;
+            crash_point("reencrypt-started");
+            if let Some(name) = fb.activate_as {
+                p.vol.activate_by_passphrase(name, p.pass.expose())?;
+            }
+            console::progress(&format!(
+                "{}: this instance's keys are in place; its data is re-encrypted after boot (sealroot finish-provisioning)",
+                p.vol.path().display()
+            ));
+            return Ok(Some(new_vk));
+        }
+        p.start_reencryption(&mut t)?;
+        crash_point("reencrypt-started");
+        if let Some(name) = fb.activate_as {
+            p.vol.activate_by_passphrase(name, p.pass.expose())?;
+        }
+        p.data_pass(&mut t, fb.activate_as)?;
     } else if let Some(name) = fb.activate_as {
         p.vol.activate(name, &new_vk)?;
     }
     crash_point("reencrypted");
-    if let Err(e) = p.verify(fb, &new_vk) {
-        p.unseal_undo(&mut t)?;
-        return Err(e);
-    }
-    crash_point("verified");
     p.finish(&t)?;
     console::progress(&format!(
         "{}: provisioned: this TPM unlocks it from now on",
         p.vol.path().display()
     ));
     Ok(Some(new_vk))
+}
+
+/// After switch-root (or on an unused image): re-encrypts the data of a volume whose first
+/// boot set it up, then removes what is left of the image. `active`: the mapping name
+/// when the volume is in use. Returns false when there was nothing to do.
+pub fn finish_provisioning(vol: &mut Volume, active: Option<&str>) -> Result<bool> {
+    let Some((id, mut t)) = find(vol)? else {
+        return Ok(false);
+    };
+    if !t.is_done(Step::Verified) {
+        return Err(Error::NoUsableToken(format!(
+            "{}: its first boot has not sealed and checked this instance's key yet; boot it (the initrd does that part)",
+            vol.path().display()
+        )));
+    }
+    let pass = t.passphrase();
+    let mut p = Provisioning { vol, id, pass };
+    if t.reencrypt && !t.is_done(Step::Reencrypted) {
+        p.start_reencryption(&mut t)?;
+        p.data_pass(&mut t, active)?;
+    }
+    crash_point("reencrypted");
+    p.finish(&t)?;
+    console::progress(&format!(
+        "{}: provisioned: this TPM unlocks it from now on",
+        p.vol.path().display()
+    ));
+    Ok(true)
 }
 
 struct Provisioning<'v> {
@@ -261,24 +311,37 @@ impl Provisioning<'_> {
         self.done(t, Step::Escrowed)
     }
 
-    /// Step 4: the data to the new key; online when the volume is activated.
-    fn reencrypt(&mut self, fb: &mut FirstBoot<'_>, t: &mut ProvisionToken) -> Result<()> {
+    /// Step 4a: re-encryption to the new key, set up in the header (no data moved).
+    fn start_reencryption(&mut self, t: &mut ProvisionToken) -> Result<()> {
         let new = t
             .new_keyslot
             .ok_or_else(|| corrupt("no keyslot for the new key"))?;
-        let state = self.vol.reencryption()?;
-        // Started before, header clean, the new key's keyslot in use: it finished.
-        let finished = state == Reencryption::None
-            && t.is_done(Step::ReencryptStarted)
-            && self.vol.slot_state(new)? == SlotState::Bound;
-        if !finished {
-            if !t.is_done(Step::ReencryptStarted) {
-                self.done(t, Step::ReencryptStarted)?;
-            }
-            if let Some(name) = fb.activate_as {
-                // While re-encryption runs the mapping needs both keys: by passphrase.
-                self.vol.activate_by_passphrase(name, self.pass.expose())?;
-            }
+        if self.reencryption_finished(t)? || self.vol.reencryption()? != Reencryption::None {
+            return Ok(());
+        }
+        // Recorded first: libcryptsetup refuses token changes while re-encryption is set
+        // up, and "started" with a clean header and an unbound new key means "set it up".
+        if !t.is_done(Step::ReencryptStarted) {
+            self.done(t, Step::ReencryptStarted)?;
+        }
+        self.vol
+            .start_reencryption(self.pass.expose(), t.provisioning_keyslot, new)?;
+        Ok(())
+    }
+
+    /// Set up before, header clean, the new key's keyslot in use: it finished.
+    fn reencryption_finished(&mut self, t: &ProvisionToken) -> Result<bool> {
+        let Some(new) = t.new_keyslot else {
+            return Ok(false);
+        };
+        Ok(t.is_done(Step::ReencryptStarted)
+            && self.vol.reencryption()? == Reencryption::None
+            && self.vol.slot_state(new)? == SlotState::Bound)
+    }
+
+    /// Step 4b: the data to the new key; online when `active` names the mapping.
+    fn data_pass(&mut self, t: &mut ProvisionToken, active: Option<&str>) -> Result<()> {
+        if !self.reencryption_finished(t)? {
             console::progress(&format!(
                 "{}: re-encrypting to this instance's own key",
                 self.vol.path().display()
@@ -289,22 +352,17 @@ impl Provisioning<'_> {
                 if crash_at_half && total > 0 && done * 2 >= total {
                     crash_point("reencrypt-half");
                 }
-                true
+                !crate::stop::requested()
             };
-            let pass = self.pass.expose().to_vec();
-            let result = self.vol.reencrypt(
-                &pass,
-                t.provisioning_keyslot,
-                new,
-                fb.activate_as,
-                &mut progress,
-            );
-            let mut pass = pass;
-            zeroize::Zeroize::zeroize(&mut pass);
-            result?;
-        } else if let Some(name) = fb.activate_as {
-            let (_, vk) = self.vol.volume_key(Some(new), self.pass.expose())?;
-            self.vol.activate(name, &vk)?;
+            let pass = Secret::from_slice(self.pass.expose());
+            self.vol
+                .resume_reencryption(pass.expose(), active, &mut progress)?;
+            if crate::stop::requested() {
+                return Err(Error::Other(format!(
+                    "{}: re-encryption paused on request; it resumes at the next `sealroot finish-provisioning`",
+                    self.vol.path().display()
+                )));
+            }
         }
         self.done(t, Step::Reencrypted)
     }
@@ -371,6 +429,10 @@ impl Provisioning<'_> {
 
     /// Step 5b: nothing of the image opens the instance any more.
     fn finish(&mut self, t: &ProvisionToken) -> Result<()> {
+        // The image's key still decrypts part of the data while re-encryption runs.
+        if self.vol.reencryption()? != Reencryption::None {
+            return Err(corrupt("re-encryption is still in progress"));
+        }
         let mut gone: Vec<u32> = t.image_keyslots.clone();
         gone.push(t.provisioning_keyslot);
         gone.extend(t.new_keyslot);

@@ -15,6 +15,7 @@ pub mod pcr_values;
 pub mod pin;
 pub mod recovery;
 pub mod secret;
+pub mod stop;
 pub mod tokens;
 pub mod tpm;
 pub mod trust;

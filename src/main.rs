@@ -7,7 +7,8 @@ use clap::Parser;
 
 use cli::{Cli, Command, EscrowAction};
 use sealroot::cmd::{
-    enroll, escrow, fence, initrd_config, provision, recover, remove, srk_public, status, unlock,
+    enroll, escrow, fence, finish_provisioning, initrd_config, provision, recover, remove,
+    srk_public, status, unlock,
 };
 use sealroot::console;
 use sealroot::error::{Error, exit};
@@ -195,6 +196,7 @@ fn run(command: Command) -> u8 {
             no_recovery,
             reencrypt: _,
             no_reencrypt,
+            reencrypt_in_initrd,
         } => match provision::run(&provision::ProvisionOptions {
             device: device.clone(),
             unlock_key_file,
@@ -204,6 +206,7 @@ fn run(command: Command) -> u8 {
             escrow,
             no_recovery,
             reencrypt: !no_reencrypt,
+            reencrypt_in_initrd,
         }) {
             Ok((token, slot)) => {
                 eprintln!(
@@ -214,6 +217,17 @@ fn run(command: Command) -> u8 {
             }
             Err(e) => report(&e),
         },
+        Command::FinishProvisioning { devices } => {
+            sealroot::stop::install();
+            match finish_provisioning::run(&devices) {
+                Ok(0) => {
+                    eprintln!("sealroot: nothing to finish");
+                    exit::OK
+                }
+                Ok(_) => exit::OK,
+                Err(e) => report(&e),
+            }
+        }
         Command::Escrow {
             action: EscrowAction::Show { device },
         } => match escrow::show(&device) {

@@ -141,6 +141,20 @@ fn escrowed_recovery_key(f: &Fixture, identity: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The instance's first boot: the initrd's unlock (keys, seal, escrow, set-up), then
+/// `finish-provisioning` after switch-root (the data pass; offline on an image file).
+fn first_boot(f: &Fixture) {
+    let r = f.unlock_test(&[]);
+    assert_eq!(r.code, 0, "first boot, initrd: {}", r.stderr);
+    assert!(
+        !r.stderr.contains("recovery key"),
+        "a recovery key reached the console: {}",
+        r.stderr
+    );
+    let r = run(&["finish-provisioning", f.image.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "first boot, after switch-root: {}", r.stderr);
+}
+
 /// What a provisioned instance must look like: its own sealed key and escrowed recovery
 /// key, nothing of the image (builder passphrase, provisioning key) opening it.
 fn assert_provisioned(f: &mut Fixture, identity: &Path, provisioning: &str) {
@@ -185,13 +199,7 @@ fn first_boot_makes_the_instance_its_own() {
     let provisioning = provisioning_passphrase(&f.image);
     let before = common::file_hash(&f.image);
 
-    let r = f.unlock_test(&[]);
-    assert_eq!(r.code, 0, "first boot: {}", r.stderr);
-    assert!(
-        !r.stderr.contains("recovery key"),
-        "a recovery key reached the console: {}",
-        r.stderr
-    );
+    first_boot(&f);
     assert_ne!(common::file_hash(&f.image), before);
     let recovery = escrowed_recovery_key(&f, &identity);
     let own_key = volume_key(&f.image, &recovery, f.dir.path());
@@ -212,8 +220,7 @@ fn two_instances_of_one_image_get_different_keys() {
     for _ in 0..2 {
         let mut instance = Fixture::new();
         std::fs::copy(&builder.image, &instance.image).unwrap();
-        let r = instance.unlock_test(&[]);
-        assert_eq!(r.code, 0, "first boot: {}", r.stderr);
+        first_boot(&instance);
         let recovery = escrowed_recovery_key(&instance, &identity);
         keys.push(volume_key(&instance.image, &recovery, instance.dir.path()));
         assert_provisioned(
@@ -235,14 +242,29 @@ fn without_reencryption_only_the_keyslots_become_the_instances() {
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("--no-reencrypt"), "{}", r.stderr);
     let provisioning = provisioning_passphrase(&f.image);
-    assert_eq!(f.unlock_test(&[]).code, 0);
+    first_boot(&f);
     let recovery = escrowed_recovery_key(&f, &identity);
     assert_eq!(volume_key(&f.image, &recovery, f.dir.path()), image_key);
     assert_provisioned(&mut f, &identity, &provisioning);
 }
 
-/// Every step boundary, and the middle of re-encryption.
-const CRASH_POINTS: &[&str] = &[
+#[test]
+fn reencrypting_in_the_initrd_finishes_in_one_boot() {
+    let mut f = Fixture::new();
+    let (identity, recipient) = age_identity(&f);
+    let r = provision(&f, &["--escrow", &recipient, "--reencrypt-in-initrd"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let provisioning = provisioning_passphrase(&f.image);
+    let r = f.unlock_test(&[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = run(&["finish-provisioning", f.image.to_str().unwrap()]);
+    assert!(r.stderr.contains("nothing to finish"), "{}", r.stderr);
+    assert_provisioned(&mut f, &identity, &provisioning);
+}
+
+/// Every step boundary of the initrd's part, then of the part after switch-root, and the
+/// middle of the data pass.
+const INITRD_CRASH_POINTS: &[&str] = &[
     "opened",
     "new-key-keyslot",
     "new-key",
@@ -250,15 +272,18 @@ const CRASH_POINTS: &[&str] = &[
     "sealed",
     "escrow-keyslot",
     "escrowed",
-    "reencrypt-half",
-    "reencrypted",
     "verified",
-    "keyslot-removed",
+    "reencrypt-started",
 ];
+const AFTER_BOOT_CRASH_POINTS: &[&str] = &["reencrypt-half", "reencrypted", "keyslot-removed"];
 
 #[test]
 fn a_crash_at_any_step_is_finished_by_the_next_boot() {
-    for point in CRASH_POINTS {
+    let points = INITRD_CRASH_POINTS
+        .iter()
+        .map(|p| (p, true))
+        .chain(AFTER_BOOT_CRASH_POINTS.iter().map(|p| (p, false)));
+    for (point, in_initrd) in points {
         let mut f = Fixture::new();
         if *point == "reencrypt-half" {
             // Several 32 MiB hotzones, so the crash falls between two of them.
@@ -269,18 +294,21 @@ fn a_crash_at_any_step_is_finished_by_the_next_boot() {
         let provisioning = provisioning_passphrase(&f.image);
         let img = f.image.to_str().unwrap().to_string();
         let tcti = f.tpm.tcti();
-        let r = run_with_env(
-            &["unlock", &img, "root", "--test", "--tcti", &tcti],
-            b"",
-            &[("SEALROOT_CRASH_AT", point)],
-        );
+        let crash = [("SEALROOT_CRASH_AT", *point)];
+        let r = if in_initrd {
+            run_with_env(
+                &["unlock", &img, "root", "--test", "--tcti", &tcti],
+                b"",
+                &crash,
+            )
+        } else {
+            let r = f.unlock_test(&[]);
+            assert_eq!(r.code, 0, "{point}: {}", r.stderr);
+            run_with_env(&["finish-provisioning", &img], b"", &crash)
+        };
         assert_eq!(r.code, -1, "{point}: not killed there: {}", r.stderr);
         if *point == "reencrypt-half" {
-            let dump = Command::new("cryptsetup")
-                .arg("luksDump")
-                .arg(&f.image)
-                .output()
-                .unwrap();
+            let dump = checked(Command::new("cryptsetup").arg("luksDump").arg(&f.image));
             let dump = String::from_utf8_lossy(&dump.stdout).to_string();
             assert!(
                 dump.contains("online-reencrypt"),
@@ -295,10 +323,43 @@ fn a_crash_at_any_step_is_finished_by_the_next_boot() {
             by_provisioning_key || f.unlock_test(&["--no-fence"]).code == 0,
             "{point}: neither the provisioning key nor the TPM opens the volume"
         );
-        let r = f.unlock_test(&[]);
-        assert_eq!(r.code, 0, "{point}: the next boot: {}", r.stderr);
+        f.tpm.reset();
+        first_boot(&f);
         assert_provisioned(&mut f, &identity, &provisioning);
     }
+}
+
+#[test]
+fn finish_provisioning_pauses_on_sigterm_and_resumes() {
+    let mut f = Fixture::new();
+    f.image = common::make_image_of(f.dir.path(), "big.img", &f.passfile, 400 << 20);
+    let (identity, recipient) = age_identity(&f);
+    assert_eq!(provision(&f, &["--escrow", &recipient]).code, 0);
+    let provisioning = provisioning_passphrase(&f.image);
+    assert_eq!(f.unlock_test(&[]).code, 0);
+    let child = Command::new(common::bin())
+        .args(["finish-provisioning", f.image.to_str().unwrap()])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let it get into the data pass, then stop it as a shutdown would.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    if out.status.success() {
+        // Finished before the signal: still a valid outcome, if a less interesting one.
+        eprintln!("finish-provisioning completed before SIGTERM: {stderr}");
+    } else {
+        assert!(stderr.contains("paused on request"), "{stderr}");
+        let r = run(&["finish-provisioning", f.image.to_str().unwrap()]);
+        assert_eq!(r.code, 0, "{}", r.stderr);
+    }
+    assert_provisioned(&mut f, &identity, &provisioning);
 }
 
 #[test]

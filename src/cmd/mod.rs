@@ -4,6 +4,7 @@
 pub mod enroll;
 pub mod escrow;
 pub mod fence;
+pub mod finish_provisioning;
 pub mod initrd_config;
 pub mod provision;
 pub mod recover;

@@ -26,6 +26,8 @@ pub struct ProvisionOptions {
     pub escrow: Option<String>,
     pub no_recovery: bool,
     pub reencrypt: bool,
+    /// The data pass before the root is mounted (else after switch-root).
+    pub reencrypt_in_initrd: bool,
 }
 
 /// Returns the provision token's id and the provisioning keyslot.
@@ -89,6 +91,7 @@ pub fn run(o: &ProvisionOptions) -> Result<(u32, u32)> {
         fence_pcr: o.fence_pcr,
         escrow,
         reencrypt: o.reencrypt,
+        reencrypt_in_initrd: o.reencrypt_in_initrd,
         new_keyslot: None,
         pending_keyslot: None,
         done: Vec::new(),

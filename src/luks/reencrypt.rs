@@ -105,29 +105,16 @@ impl Volume {
         }
     }
 
-    /// Starts (or, when already started, resumes) re-encryption from keyslot `old`'s key
-    /// to keyslot `new`'s, both opened by `passphrase`. `active`: the mapping of the
-    /// volume when it is in use (online re-encryption), None for an unused device.
-    pub fn reencrypt(
+    /// Sets up re-encryption from keyslot `old`'s key to keyslot `new`'s, both opened by
+    /// `passphrase`, in the header only: no data moves yet.
+    pub fn start_reencryption(
         &mut self,
         passphrase: &[u8],
         old: u32,
         new: u32,
-        active: Option<&str>,
-        progress: Progress<'_>,
     ) -> Result<(), LuksError> {
-        // libcryptsetup serializes re-encryption with a lock file there; an initrd may not
-        // have the directory yet.
-        if let Err(e) = std::fs::create_dir_all(LOCK_DIR) {
-            log::debug!("cannot create {LOCK_DIR}: {e}");
-        }
-        let resume = self.reencryption()? != Reencryption::None;
-        let flags = if resume {
-            CryptReencrypt::RESUME_ONLY
-        } else {
-            CryptReencrypt::empty()
-        };
-        // The cipher of the data segment stays; only the key changes.
+        ensure_lock_dir();
+        // The cipher and sector size of the data segment stay; only the key changes.
         let cipher = self.dev.status_handle().get_cipher();
         let mode = self.dev.status_handle().get_cipher_mode();
         let (cipher, mode) = match (cipher, mode) {
@@ -140,26 +127,46 @@ impl Volume {
                 });
             }
         };
-        // Nor does the sector size.
         let sector_size = self
             .metadata()?
             .pointer("/segments/0/sector_size")
             .and_then(serde_json::Value::as_u64)
             .and_then(|s| u32::try_from(s).ok())
             .unwrap_or(0);
-        let mut params = reencrypt_params(flags);
+        let mut params = reencrypt_params(CryptReencrypt::INITIALIZE_ONLY);
         if let Some(luks2) = params.luks2.as_mut() {
             luks2.sector_size = sector_size;
         }
         let init = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
-            active,
+            None,
             passphrase,
-            (!resume).then_some(old),
-            (!resume).then_some(new),
-            (!resume).then_some((cipher.as_str(), mode.as_str())),
+            Some(old),
+            Some(new),
+            Some((cipher.as_str(), mode.as_str())),
             params,
         );
-        init.map_err(|e| self.op_err("start re-encryption", e))?;
+        init.map(|_| ())
+            .map_err(|e| self.op_err("set up re-encryption", e))
+    }
+
+    /// Runs (or resumes, after a crash too) the re-encryption set up before. `active`:
+    /// the mapping of the volume when it is in use (online), None for an unused device.
+    pub fn resume_reencryption(
+        &mut self,
+        passphrase: &[u8],
+        active: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<(), LuksError> {
+        ensure_lock_dir();
+        let init = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
+            active,
+            passphrase,
+            None,
+            None,
+            None,
+            reencrypt_params(CryptReencrypt::RESUME_ONLY),
+        );
+        init.map_err(|e| self.op_err("resume re-encryption", e))?;
         let mut callback: Progress<'_> = progress;
         let run = self
             .dev
@@ -181,6 +188,14 @@ impl Volume {
             CryptActivate::empty(),
         );
         r.map(|_| ()).map_err(|e| self.op_err("activate", e))
+    }
+}
+
+/// libcryptsetup serializes re-encryption with a lock file there; an initrd may not have
+/// the directory yet.
+fn ensure_lock_dir() {
+    if let Err(e) = std::fs::create_dir_all(LOCK_DIR) {
+        log::debug!("cannot create {LOCK_DIR}: {e}");
     }
 }
 

@@ -28,6 +28,8 @@ pub enum Step {
     Sealed,
     /// A recovery key opens a keyslot of the new key; its escrow is in the header.
     Escrowed,
+    /// The sealed key was unsealed and opens the new key (before the fence).
+    Verified,
     /// Re-encryption to the new key is set up in the header.
     ReencryptStarted,
     /// The data is under the new key; the image's keyslots are gone.
@@ -40,6 +42,7 @@ impl Step {
             Step::NewKey => "new-key",
             Step::Sealed => "sealed",
             Step::Escrowed => "escrowed",
+            Step::Verified => "verified",
             Step::ReencryptStarted => "reencrypt-started",
             Step::Reencrypted => "reencrypted",
         }
@@ -63,6 +66,8 @@ struct Json {
     escrow_recipient: Option<String>,
     reencrypt: bool,
     #[serde(default)]
+    reencrypt_in_initrd: bool,
+    #[serde(default)]
     new_keyslot: Option<u32>,
     #[serde(default)]
     pending_keyslot: Option<u32>,
@@ -83,6 +88,9 @@ pub struct ProvisionToken {
     /// None: no recovery key (the builder said so).
     pub escrow: Option<Recipient>,
     pub reencrypt: bool,
+    /// The data pass in the initrd, before the root is mounted (else after switch-root,
+    /// by `sealroot finish-provisioning`).
+    pub reencrypt_in_initrd: bool,
     /// The provisioning key's keyslot for the new volume key (re-encryption's target).
     pub new_keyslot: Option<u32>,
     /// A keyslot being added: if the first boot stopped before the token that claims it
@@ -113,6 +121,7 @@ impl ProvisionToken {
             fence_pcr: self.fence_pcr,
             escrow_recipient: self.escrow.as_ref().map(|r| r.as_str().to_string()),
             reencrypt: self.reencrypt,
+            reencrypt_in_initrd: self.reencrypt_in_initrd,
             new_keyslot: self.new_keyslot,
             pending_keyslot: self.pending_keyslot,
             done: self.done.clone(),
@@ -166,6 +175,7 @@ impl ProvisionToken {
             fence_pcr: json.fence_pcr,
             escrow,
             reencrypt: json.reencrypt,
+            reencrypt_in_initrd: json.reencrypt_in_initrd,
             new_keyslot: json.new_keyslot,
             pending_keyslot: json.pending_keyslot,
             done: json.done,
@@ -188,6 +198,7 @@ mod tests {
             fence_pcr: Some(15),
             escrow: None,
             reencrypt: true,
+            reencrypt_in_initrd: false,
             new_keyslot: Some(2),
             pending_keyslot: None,
             done: vec![Step::NewKey],
