@@ -151,8 +151,16 @@ fn first_boot(f: &Fixture) {
         "a recovery key reached the console: {}",
         r.stderr
     );
-    let r = run(&["finish-provisioning", f.image.to_str().unwrap()]);
+    let img = f.image.to_str().unwrap();
+    let r = run(&["finish-provisioning", img]);
     assert_eq!(r.code, 0, "first boot, after switch-root: {}", r.stderr);
+    let status = run(&["status", img]);
+    assert!(!status.stdout.contains("provisioning"), "{}", status.stdout);
+    assert!(
+        !status.stdout.contains("re-encryption"),
+        "{}",
+        status.stdout
+    );
 }
 
 /// What a provisioned instance must look like: its own sealed key and escrowed recovery
@@ -199,6 +207,17 @@ fn first_boot_makes_the_instance_its_own() {
     let provisioning = provisioning_passphrase(&f.image);
     let before = common::file_hash(&f.image);
 
+    // Between the initrd's part and the data pass, status says where it stands.
+    assert_eq!(f.unlock_test(&[]).code, 0);
+    let status = run(&["status", f.image.to_str().unwrap()]);
+    assert!(
+        status.stdout.contains("re-encryption: in progress")
+            && status.stdout.contains(
+                "first-boot provisioning pending: done so far [new-key, sealed, escrowed, verified, reencrypt-started]"
+            ),
+        "{}",
+        status.stdout
+    );
     first_boot(&f);
     assert_ne!(common::file_hash(&f.image), before);
     let recovery = escrowed_recovery_key(&f, &identity);

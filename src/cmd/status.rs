@@ -6,6 +6,8 @@ use serde_json::{Value, json};
 
 use crate::error::Result;
 use crate::luks::Volume;
+use crate::luks::reencrypt::Reencryption;
+use crate::tokens::provision::{self, ProvisionToken};
 use crate::tokens::{self, PolicyCheck, UnsealPlan, token_keyslots, token_type};
 use crate::tpm::LazyTpm;
 use crate::tpm::fence::DEFAULT_FENCE_PCR;
@@ -35,6 +37,18 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
             "type": token_type(&entry.json),
             "keyslots": token_keyslots(&entry.json),
         });
+        if token_type(&entry.json) == provision::TOKEN_TYPE {
+            match ProvisionToken::from_json(entry.id, &entry.json) {
+                Ok(p) => {
+                    t["provisioning"] = json!({
+                        "done": p.done.iter().map(|s| s.name()).collect::<Vec<_>>(),
+                        "reencrypt": p.reencrypt,
+                        "escrow_recipient": p.escrow.as_ref().map(|r| r.as_str().to_string()),
+                    })
+                }
+                Err(e) => t["error"] = json!(e),
+            }
+        }
         match tokens::plan(entry.id, &entry.json) {
             None => {}
             Some(Err(e)) => t["error"] = json!(e.to_string()),
@@ -45,9 +59,15 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
         }
         out.push(t);
     }
+    let reencryption = match vol.reencryption()? {
+        Reencryption::None => None,
+        Reencryption::Clean => Some("in progress"),
+        Reencryption::Crash => Some("interrupted (resumes on the next run)"),
+    };
     Ok(json!({
         "device": o.device.display().to_string(),
         "uuid": uuid,
+        "reencryption": reencryption,
         "keyslots": keyslots,
         "tokens": out,
         "tpm_error": tpm_error,
@@ -137,6 +157,9 @@ pub fn render_text(s: &Value) -> String {
         })
         .unwrap_or_default();
     out += &format!("keyslots: {}\n", slots.join(", "));
+    if let Some(r) = get(s, "reencryption").as_str() {
+        out += &format!("re-encryption: {r}\n");
+    }
     for t in get(s, "tokens").as_array().into_iter().flatten() {
         out += &format!(
             "token {}: {}, keyslots {}\n",
@@ -147,6 +170,29 @@ pub fn render_text(s: &Value) -> String {
         if let Some(e) = t.get("error").and_then(Value::as_str) {
             out += &format!("  unusable: {e}\n");
             continue;
+        }
+        if let Some(p) = t.get("provisioning") {
+            let done: Vec<String> = get(p, "done")
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            out += &format!(
+                "  first-boot provisioning pending: done so far [{}]; re-encrypt {}; recovery key {}\n",
+                done.join(", "),
+                if get(p, "reencrypt").as_bool() == Some(true) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                get(p, "escrow_recipient")
+                    .as_str()
+                    .map_or("none".to_string(), |r| format!("escrowed to {r}"))
+            );
         }
         if t.get("bank").is_none() {
             continue;
