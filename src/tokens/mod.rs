@@ -365,12 +365,13 @@ impl UnsealPlan {
                     (0, Some(f), _) => format!(
                         "fence PCR {f} is already extended: this boot has unlocked once; reboot to unlock with the TPM again, or use `sealroot recover`"
                     ),
-                    (_, _, false) => format!(
+                    // With one bound PCR (the fence apart) the culprit is certain.
+                    (n, _, false) if n > 1 => format!(
                         "one or more of the {} PCRs {} differ from enrollment (the token records only a digest of their values); use `sealroot recover`, then re-enroll",
                         self.bank,
                         join(&others)
                     ),
-                    (n, _, true) => format!(
+                    (n, _, _) => format!(
                         "{} {} {} {} since enrollment; use `sealroot recover`, then re-enroll",
                         self.bank,
                         if n == 1 { "PCR" } else { "PCRs" },
