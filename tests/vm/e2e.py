@@ -434,6 +434,8 @@ def main():
             need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as ", "offline-sealed unlock")
             need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
             need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+            need(text, r"^E2E-LOG sealroot: .*fence PCR 15 is already extended",
+                 "fence message")
             text = g.boot("offline-other-vtpm", "none", disk=disk, tpm_state=state_c,
                           answer=g.passphrase)
             need(text, r"sealroot: .*the token's storage key is not the key at 0x81000001",
