@@ -188,6 +188,21 @@ pub enum Command {
         #[arg(long, conflicts_with = "no_reencrypt")]
         reencrypt_in_initrd: bool,
     },
+    /// Do a provisioned image's first-boot part on DEVICE now, without activating it (an
+    /// image file, tests); at boot `unlock` does it. Does not fence.
+    #[command(after_help = EXIT_CODES)]
+    FirstBoot {
+        device: PathBuf,
+        /// Trusted configuration, as for unlock.
+        #[arg(long, value_name = "N|none", default_value = "15", value_parser = parse_fence)]
+        fence_pcr: FencePcr,
+        #[arg(long, value_name = "HANDLE", default_value = "0x81000001", value_parser = parse_handle)]
+        srk_handle: u32,
+        #[arg(long, value_name = "HEX", value_parser = parse_name)]
+        srk_name: Option<SrkName>,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
     /// After boot: re-encrypt the data of volumes whose first boot set that up, then remove
     /// what is left of the image (sealroot-finish-provisioning.service runs it). SIGTERM
     /// pauses cleanly; the next run resumes.

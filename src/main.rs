@@ -138,21 +138,36 @@ fn run(command: Command) -> u8 {
                     },
                     ..Default::default()
                 },
+                provision: !test,
             });
-            if let Some(e) = &r.fence_error {
-                console::error(&format!("could not extend the fence PCR: {e}"));
-            }
-            let mut code = exit::OK;
-            for (device, e) in &r.failures {
-                console::error(&format!("{}: {e}", device.display()));
-                if code == exit::OK {
-                    code = e.exit_code();
-                }
-            }
-            if code == exit::OK && r.fence_error.is_some() {
-                code = exit::FAILURE;
-            }
-            code
+            report_unlock(&r)
+        }
+        Command::FirstBoot {
+            device,
+            fence_pcr,
+            srk_handle,
+            srk_name,
+            tcti,
+        } => {
+            let r = unlock::run(&unlock::UnlockOptions {
+                targets: vec![(device, "first-boot".into())],
+                test: true,
+                tcti: tcti.tcti,
+                pin_file: None,
+                askpass: None,
+                signature: None,
+                no_fence: true,
+                trust: sealroot::trust::Trust {
+                    fence_pcr: fence_pcr.0,
+                    parent: sealroot::tpm::srk::ExpectedParent {
+                        handle: srk_handle,
+                        name: srk_name.map(|n| n.0),
+                    },
+                    ..Default::default()
+                },
+                provision: true,
+            });
+            report_unlock(&r)
         }
         Command::Status {
             device,
@@ -312,4 +327,22 @@ fn run(command: Command) -> u8 {
             }
         }
     }
+}
+
+/// One line per failed volume; the exit code of the first failure (or of the fence).
+fn report_unlock(r: &unlock::UnlockReport) -> u8 {
+    if let Some(e) = &r.fence_error {
+        console::error(&format!("could not extend the fence PCR: {e}"));
+    }
+    let mut code = exit::OK;
+    for (device, e) in &r.failures {
+        console::error(&format!("{}: {e}", device.display()));
+        if code == exit::OK {
+            code = e.exit_code();
+        }
+    }
+    if code == exit::OK && r.fence_error.is_some() {
+        code = exit::FAILURE;
+    }
+    code
 }

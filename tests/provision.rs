@@ -141,19 +141,23 @@ fn escrowed_recovery_key(f: &Fixture, identity: &Path) -> String {
     String::from_utf8(out.stdout).unwrap()
 }
 
+/// The initrd's part of a first boot, on the image file (`unlock` does the same at boot,
+/// activating the volume).
+fn initrd_part(f: &Fixture) -> common::Run {
+    f.run(&["first-boot", f.image.to_str().unwrap()])
+}
+
 /// The instance's first boot: the initrd's unlock (keys, seal, escrow, set-up), then
 /// `finish-provisioning` after switch-root (the data pass; offline on an image file).
-fn first_boot(f: &Fixture) {
-    let r = f.unlock_test(&[]);
+/// Returns everything both parts printed.
+fn first_boot(f: &Fixture) -> String {
+    let r = initrd_part(f);
     assert_eq!(r.code, 0, "first boot, initrd: {}", r.stderr);
-    assert!(
-        !r.stderr.contains("recovery key"),
-        "a recovery key reached the console: {}",
-        r.stderr
-    );
+    let mut printed = r.stdout + &r.stderr;
     let img = f.image.to_str().unwrap();
     let r = run(&["finish-provisioning", img]);
     assert_eq!(r.code, 0, "first boot, after switch-root: {}", r.stderr);
+    printed += &(r.stdout + &r.stderr);
     let status = run(&["status", img]);
     assert!(!status.stdout.contains("provisioning"), "{}", status.stdout);
     assert!(
@@ -161,6 +165,7 @@ fn first_boot(f: &Fixture) {
         "{}",
         status.stdout
     );
+    printed
 }
 
 /// What a provisioned instance must look like: its own sealed key and escrowed recovery
@@ -208,7 +213,8 @@ fn first_boot_makes_the_instance_its_own() {
     let before = common::file_hash(&f.image);
 
     // Between the initrd's part and the data pass, status says where it stands.
-    assert_eq!(f.unlock_test(&[]).code, 0);
+    let first = initrd_part(&f);
+    assert_eq!(first.code, 0, "{}", first.stderr);
     let status = run(&["status", f.image.to_str().unwrap()]);
     assert!(
         status.stdout.contains("re-encryption: in progress")
@@ -218,9 +224,13 @@ fn first_boot_makes_the_instance_its_own() {
         "{}",
         status.stdout
     );
-    first_boot(&f);
+    let printed = first.stderr + &first_boot(&f);
     assert_ne!(common::file_hash(&f.image), before);
     let recovery = escrowed_recovery_key(&f, &identity);
+    assert!(
+        !printed.contains(recovery.trim()),
+        "the recovery key reached the console"
+    );
     let own_key = volume_key(&f.image, &recovery, f.dir.path());
     assert_ne!(
         own_key, image_key,
@@ -268,13 +278,29 @@ fn without_reencryption_only_the_keyslots_become_the_instances() {
 }
 
 #[test]
+fn unlock_test_never_provisions() {
+    let f = Fixture::new();
+    let (_, recipient) = age_identity(&f);
+    assert_eq!(provision(&f, &["--escrow", &recipient]).code, 0);
+    let before = f.image_hash();
+    let r = f.unlock_test(&[]);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("awaits its first-boot provisioning"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.image_hash(), before);
+}
+
+#[test]
 fn reencrypting_in_the_initrd_finishes_in_one_boot() {
     let mut f = Fixture::new();
     let (identity, recipient) = age_identity(&f);
     let r = provision(&f, &["--escrow", &recipient, "--reencrypt-in-initrd"]);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let provisioning = provisioning_passphrase(&f.image);
-    let r = f.unlock_test(&[]);
+    let r = initrd_part(&f);
     assert_eq!(r.code, 0, "{}", r.stderr);
     let r = run(&["finish-provisioning", f.image.to_str().unwrap()]);
     assert!(r.stderr.contains("nothing to finish"), "{}", r.stderr);
@@ -315,13 +341,9 @@ fn a_crash_at_any_step_is_finished_by_the_next_boot() {
         let tcti = f.tpm.tcti();
         let crash = [("SEALROOT_CRASH_AT", *point)];
         let r = if in_initrd {
-            run_with_env(
-                &["unlock", &img, "root", "--test", "--tcti", &tcti],
-                b"",
-                &crash,
-            )
+            run_with_env(&["first-boot", &img, "--tcti", &tcti], b"", &crash)
         } else {
-            let r = f.unlock_test(&[]);
+            let r = initrd_part(&f);
             assert_eq!(r.code, 0, "{point}: {}", r.stderr);
             run_with_env(&["finish-provisioning", &img], b"", &crash)
         };
@@ -343,7 +365,7 @@ fn a_crash_at_any_step_is_finished_by_the_next_boot() {
             "{point}: neither the provisioning key nor the TPM opens the volume"
         );
         f.tpm.reset();
-        first_boot(&f);
+        let _ = first_boot(&f);
         assert_provisioned(&mut f, &identity, &provisioning);
     }
 }
@@ -355,7 +377,7 @@ fn finish_provisioning_pauses_on_sigterm_and_resumes() {
     let (identity, recipient) = age_identity(&f);
     assert_eq!(provision(&f, &["--escrow", &recipient]).code, 0);
     let provisioning = provisioning_passphrase(&f.image);
-    assert_eq!(f.unlock_test(&[]).code, 0);
+    assert_eq!(initrd_part(&f).code, 0);
     let child = Command::new(common::bin())
         .args(["finish-provisioning", f.image.to_str().unwrap()])
         .stderr(std::process::Stdio::piped())
@@ -462,7 +484,7 @@ fn a_provision_token_from_another_image_is_ignored() {
         .unwrap();
     assert!(child.wait().unwrap().success());
     let before = victim.image_hash();
-    let r = victim.unlock_test(&[]);
+    let r = initrd_part(&victim);
     assert_eq!(r.code, 0, "{}", r.stderr);
     assert!(
         r.stderr.contains("ignoring provision token"),

@@ -31,6 +31,9 @@ pub struct UnlockOptions {
     pub no_fence: bool,
     /// The fence and the expected storage key, from trusted configuration.
     pub trust: Trust,
+    /// Provision volumes that carry a provision token: at boot (activating them), or
+    /// offline (`first-boot`, with `test`). `--test` alone never provisions.
+    pub provision: bool,
 }
 
 /// One line per volume that failed, already printed; the exit code of the worst.
@@ -53,6 +56,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
             signature: o.signature.as_ref(),
             pin_cache: &mut pin_cache,
             trust: &o.trust,
+            provision: o.provision,
         };
         match unlock_volume(&mut ctx, device, name, o.test) {
             Ok((uuid, volume_key)) => {
@@ -103,6 +107,7 @@ struct Attempt<'a> {
     signature: Option<&'a PathBuf>,
     pin_cache: &'a mut Option<Secret>,
     trust: &'a Trust,
+    provision: bool,
 }
 
 type VolumeResult = std::result::Result<(String, Secret), (Option<String>, Error)>;
@@ -120,6 +125,10 @@ fn unlock_volume(
     let fail = |e: Error| (Some(uuid.clone()), e);
     // An image's first boot: provisioning opens the volume (and makes it this instance's).
     match firstboot::find(&mut vol) {
+        Ok(Some(_)) if !a.provision => console::error(&format!(
+            "{} awaits its first-boot provisioning, which --test does not do (`sealroot first-boot` does, offline)",
+            device.display()
+        )),
         Ok(Some((id, token))) => {
             let mut fb = FirstBoot {
                 tpm: a.tpm,

@@ -296,6 +296,7 @@ fn takes_tcti(args: &[&str]) -> bool {
             | Some(&"fence")
             | Some(&"initrd-config")
             | Some(&"srk-public")
+            | Some(&"first-boot")
     ) && !args.contains(&"--tcti")
 }
 
