@@ -43,7 +43,7 @@ cryptsetup luksDump "$WORK/disk.img" | sed -n '/^Tokens:/,/^Digests:/p' | grep -
 PINNED=()
 if "$SEALROOT" unlock --help | grep -q -- --srk-name; then
     tpm2_readpublic -c 0x81000001 -n "$WORK/srk.name" >/dev/null
-    PINNED=(--srk-name "$(od -An -tx1 "$WORK/srk.name" | tr -d ' \n')")
+    PINNED=(--srk-name "$(od -An -v -tx1 "$WORK/srk.name" | tr -d ' \n')")
 fi
 
 echo "== checks: each tool really recovers the key"
@@ -140,7 +140,7 @@ cryptsetup luksFormat -q --type luks2 --pbkdf pbkdf2 --pbkdf-force-iterations 10
     --key-file "$WORK/pass" "$WORK/offline.img"
 "$SEALROOT" srk-public --out "$WORK/srk.pub" --tcti "$TCTI" 2>/dev/null
 swtpm_reboot
-pcr7=$(tpm2_pcrread sha256:7 -o "$WORK/pcr7" >/dev/null && od -An -tx1 "$WORK/pcr7" | tr -d ' \n')
+pcr7=$(tpm2_pcrread sha256:7 -o "$WORK/pcr7" >/dev/null && od -An -v -tx1 "$WORK/pcr7" | tr -d ' \n')
 "$SEALROOT" enroll "$WORK/offline.img" --srk-public "$WORK/srk.pub" \
     --pcr-values "7:sha256=$pcr7" --unlock-key-file "$WORK/pass" 2>/dev/null
 "$SEALROOT" unlock "$WORK/offline.img" bench --test --no-fence --tcti "$TCTI" "${PINNED[@]}"

@@ -87,6 +87,7 @@ pub fn run(
     ));
     crash_point("opened");
     p.drop_pending(&mut t)?;
+    p.adopt_finished_steps(&mut t)?;
 
     let new_vk = p.new_key(&mut t)?;
     crash_point("new-key");
@@ -203,6 +204,35 @@ impl Provisioning<'_> {
         self.save(t)
     }
 
+    /// A run stopped after a step's token was written but before the step was recorded:
+    /// the token is the record (the builder's image has no tokens of its own).
+    fn adopt_finished_steps(&mut self, t: &mut ProvisionToken) -> Result<()> {
+        let kinds: Vec<(String, bool)> = self
+            .vol
+            .tokens()?
+            .iter()
+            .map(|e| {
+                (
+                    tokens::token_type(&e.json).to_string(),
+                    e.json.get("escrow").is_some(),
+                )
+            })
+            .collect();
+        let sealed = kinds
+            .iter()
+            .any(|(k, _)| k == crate::tokens::sealroot::TOKEN_TYPE);
+        if sealed && !t.is_done(Step::Sealed) {
+            self.done(t, Step::Sealed)?;
+        }
+        let escrowed = kinds
+            .iter()
+            .any(|(k, escrow)| k == RECOVERY_TOKEN_TYPE && *escrow);
+        if escrowed && !t.is_done(Step::Escrowed) {
+            self.done(t, Step::Escrowed)?;
+        }
+        Ok(())
+    }
+
     /// Announces the keyslot about to be added.
     fn announce(&mut self, t: &mut ProvisionToken) -> Result<u32> {
         let slot = self.vol.free_slot()?;
@@ -286,6 +316,7 @@ impl Provisioning<'_> {
             pin: None,
         };
         self.vol.add_token(&token.to_json())?;
+        crash_point("sealed-token");
         self.done(t, Step::Sealed)
     }
 
@@ -307,6 +338,7 @@ impl Provisioning<'_> {
                 "escrow_recipient": recipient.as_str(),
                 "escrow": sealed,
             }))?;
+            crash_point("escrow-token");
         }
         self.done(t, Step::Escrowed)
     }

@@ -57,17 +57,18 @@ pub fn run(o: &ProvisionOptions) -> Result<(u32, u32)> {
             o.device.display()
         )));
     }
-    // A key sealed to the builder's TPM is of no use on an instance, and would outlive it.
-    let sealed: Vec<u32> = vol
+    // A key sealed to the builder's TPM is of no use on an instance, and a token of the
+    // image would outlive the keyslots the first boot removes: the image carries none.
+    let found: Vec<String> = vol
         .tokens()?
         .iter()
-        .filter(|t| tokens::token_type(&t.json) == tokens::sealroot::TOKEN_TYPE)
-        .map(|t| t.id)
+        .map(|t| format!("{} ({})", t.id, tokens::token_type(&t.json)))
         .collect();
-    if !sealed.is_empty() {
+    if !found.is_empty() {
         return Err(Error::Usage(format!(
-            "{} has sealroot tokens {sealed:?} sealed to this machine's TPM; remove them first (`sealroot remove --all`)",
-            o.device.display()
+            "{} has tokens {} (keys sealed to this machine's TPM or recovery keys of the image); remove them first (`sealroot remove --all`, `cryptsetup token remove`)",
+            o.device.display(),
+            crate::console::escape(&found.join(", "))
         )));
     }
     let existing = match &o.unlock_key_file {
