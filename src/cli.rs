@@ -59,19 +59,23 @@ pub enum Command {
         /// Seal offline, for the TPM whose storage key this TPM2B_PUBLIC is (from
         /// `sealroot srk-public`, `tpm2_readpublic -o` or `systemd-analyze srk`): no TPM
         /// is opened; the target imports the key at each unlock.
-        #[arg(
-            long,
-            value_name = "FILE",
-            requires = "pcr_values",
-            conflicts_with = "tcti"
-        )]
+        #[arg(long, value_name = "FILE", conflicts_with = "tcti")]
         srk_public: Option<PathBuf>,
         /// With --srk-public: the value of every bound PCR at the target's boot, as
         /// `7:sha256=HEX,9:sha256=HEX` or a JSON file
         /// ({"pcr_bank": "sha256", "pcr_values": {"7": "HEX"}}). The fence PCR is expected
         /// at zeros and need not be given.
-        #[arg(long, value_name = "SPEC", requires = "srk_public")]
+        #[arg(
+            long,
+            value_name = "SPEC",
+            requires = "srk_public",
+            conflicts_with = "policy_key"
+        )]
         pcr_values: Option<String>,
+        /// Seal to a signed policy: ECDSA P-256 public key (PEM) whose approvals
+        /// (`sealroot approve`) say which PCR values unseal; the fence stays in the object.
+        #[arg(long, value_name = "PUB", conflicts_with = "pcrs")]
+        policy_key: Option<PathBuf>,
         /// Also require a PIN (asked twice on the terminal, or read from --pin-file).
         #[arg(long)]
         pin: bool,
@@ -110,6 +114,10 @@ pub enum Command {
         /// (default: tpm2-pcr-signature.json where systemd looks for it).
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
+        /// An approval file for sealroot tokens with a policy key (besides the header's
+        /// approvals); repeatable.
+        #[arg(long = "approval", value_name = "FILE")]
+        approvals: Vec<PathBuf>,
         /// Do not extend the fence PCR afterwards (tests and tooling).
         #[arg(long)]
         no_fence: bool,
@@ -143,6 +151,9 @@ pub enum Command {
         /// (default: tpm2-pcr-signature.json where systemd looks for it).
         #[arg(long, value_name = "FILE")]
         signature: Option<PathBuf>,
+        /// Approval files, as for `unlock`.
+        #[arg(long = "approval", value_name = "FILE")]
+        approvals: Vec<PathBuf>,
         #[command(flatten)]
         tcti: TctiArg,
     },
@@ -155,6 +166,28 @@ pub enum Command {
         out: Option<PathBuf>,
         #[command(flatten)]
         tcti: TctiArg,
+    },
+    /// Sign PCR values for the tokens of DEVICE sealed to a policy key (enroll
+    /// --policy-key): they unlock under those values without being sealed again.
+    #[command(after_help = EXIT_CODES)]
+    Approve {
+        device: PathBuf,
+        /// The policy key's private half (PEM, PKCS#8 or SEC1, ECDSA P-256).
+        #[arg(long, value_name = "PRIV")]
+        key: PathBuf,
+        /// A set of PCR values to approve (`4:sha256=HEX,9:sha256=HEX` or a JSON file);
+        /// repeat for "any of these" (PolicyOR, up to 8).
+        #[arg(long, value_name = "SPEC", required = true)]
+        pcr_values: Vec<String>,
+        /// Only this token.
+        #[arg(long, value_name = "ID")]
+        token: Option<u32>,
+        /// Write the approval to FILE (for `unlock --approval`) instead of the header.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        /// Remove the token's older approvals from the header.
+        #[arg(long, conflicts_with = "out")]
+        replace: bool,
     },
     /// Mark an image so that each instance, on its first boot, re-encrypts itself to its
     /// own key, seals it to its own TPM and escrows a recovery key (no TPM needed here).

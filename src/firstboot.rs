@@ -314,6 +314,7 @@ impl Provisioning<'_> {
             policy_digest: policy,
             fence_pcr: t.fence_pcr,
             pin: None,
+            policy_key: None,
         };
         self.vol.add_token(&token.to_json())?;
         crash_point("sealed-token");

@@ -4,6 +4,7 @@
 //! (knows no TPM) through `tokens` (the header formats, each read into one unseal plan);
 //! `secret` owns secret bytes.
 
+pub mod approval;
 pub mod cmd;
 pub mod console;
 pub mod error;

@@ -7,7 +7,7 @@ use clap::Parser;
 
 use cli::{Cli, Command, EscrowAction};
 use sealroot::cmd::{
-    enroll, escrow, fence, finish_provisioning, initrd_config, provision, recover, remove,
+    approve, enroll, escrow, fence, finish_provisioning, initrd_config, provision, recover, remove,
     srk_public, status, unlock,
 };
 use sealroot::console;
@@ -61,6 +61,7 @@ fn run(command: Command) -> u8 {
             pcr_bank,
             srk_public,
             pcr_values,
+            policy_key,
             pin,
             pin_file,
             unlock_key_file,
@@ -74,8 +75,9 @@ fn run(command: Command) -> u8 {
                 bank: pcr_bank,
                 offline: srk_public.map(|srk_public| enroll::OfflineTarget {
                     srk_public,
-                    pcr_values: pcr_values.unwrap_or_default(),
+                    pcr_values,
                 }),
+                policy_key,
                 pin,
                 pin_file,
                 unlock_key_file,
@@ -105,6 +107,7 @@ fn run(command: Command) -> u8 {
             pin_file,
             askpass,
             signature,
+            approvals,
             no_fence,
             fence_pcr,
             srk_handle,
@@ -129,6 +132,7 @@ fn run(command: Command) -> u8 {
                 pin_file,
                 askpass,
                 signature,
+                approvals,
                 no_fence,
                 trust: sealroot::trust::Trust {
                     fence_pcr: fence_pcr.0,
@@ -156,6 +160,7 @@ fn run(command: Command) -> u8 {
                 pin_file: None,
                 askpass: None,
                 signature: None,
+                approvals: Vec::new(),
                 no_fence: true,
                 trust: sealroot::trust::Trust {
                     fence_pcr: fence_pcr.0,
@@ -173,11 +178,13 @@ fn run(command: Command) -> u8 {
             device,
             json,
             signature,
+            approvals,
             tcti,
         } => {
             match status::run(&status::StatusOptions {
                 device,
                 signature,
+                approvals,
                 tcti: tcti.tcti,
             }) {
                 Ok(v) => {
@@ -197,6 +204,29 @@ fn run(command: Command) -> u8 {
         }) {
             Ok(line) => {
                 eprintln!("sealroot: {line}");
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Approve {
+            device,
+            key,
+            pcr_values,
+            token,
+            out,
+            replace,
+        } => match approve::run(&approve::ApproveOptions {
+            device,
+            key,
+            pcr_values,
+            token,
+            out,
+            replace,
+        }) {
+            Ok(done) => {
+                for (token, place) in done {
+                    eprintln!("sealroot: approval for token {token}: {place}");
+                }
                 exit::OK
             }
             Err(e) => report(&e),

@@ -3,6 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use crate::approval::{self, PolicyKey};
 use crate::console;
 use crate::error::{Error, Result};
 use crate::input;
@@ -27,6 +28,8 @@ pub struct EnrollOptions {
     pub bank: Option<PcrBank>,
     /// Seal offline for another machine's TPM instead of this one's.
     pub offline: Option<OfflineTarget>,
+    /// A policy key (PEM): approvals it signs decide the PCR values (`sealroot approve`).
+    pub policy_key: Option<PathBuf>,
     pub pin: bool,
     pub pin_file: Option<PathBuf>,
     pub unlock_key_file: Option<PathBuf>,
@@ -38,7 +41,8 @@ pub struct EnrollOptions {
 /// `--srk-public FILE --pcr-values SPEC`.
 pub struct OfflineTarget {
     pub srk_public: PathBuf,
-    pub pcr_values: String,
+    /// Required unless a policy key is given.
+    pub pcr_values: Option<String>,
 }
 
 /// Where the sealed object comes from: this machine's TPM (TPM2_Create), or software for
@@ -58,11 +62,12 @@ enum Target {
 impl Target {
     fn new(o: &EnrollOptions) -> Result<Target> {
         let Some(offline) = &o.offline else {
+            // With a policy key the approvals bind the PCRs; the object binds only the fence.
             let bound = o
                 .pcrs
                 .iter()
                 .copied()
-                .filter(|&p| Some(p) != o.fence_pcr)
+                .filter(|&p| Some(p) != o.fence_pcr && o.policy_key.is_none())
                 .collect();
             return Ok(Target::ThisTpm {
                 bank: o.bank.unwrap_or(PcrBank::Sha256),
@@ -75,7 +80,23 @@ impl Target {
         })?;
         let key = StorageKey::parse(&public)
             .map_err(|e| Error::Usage(format!("--srk-public {}: {e}", path.display())))?;
-        let mut values = pcr_values::parse(&offline.pcr_values, o.bank).map_err(Error::Usage)?;
+        let mut values = match (&offline.pcr_values, &o.policy_key) {
+            (Some(spec), None) => pcr_values::parse(spec, o.bank).map_err(Error::Usage)?,
+            (None, Some(_)) => PcrValues {
+                bank: o.bank.unwrap_or(PcrBank::Sha256),
+                values: Vec::new(),
+            },
+            (Some(_), Some(_)) => {
+                return Err(Error::Usage(
+                    "with --policy-key the PCR values go into approvals (`sealroot approve --pcr-values`), not into the token".into(),
+                ));
+            }
+            (None, None) => {
+                return Err(Error::Usage(
+                    "--srk-public needs --pcr-values (or --policy-key)".into(),
+                ));
+            }
+        };
         if let Some(f) = o.fence_pcr {
             // The fence PCR is always expected at its reset value; given as such it is fine.
             let zeros = vec![0u8; values.bank.digest_len()];
@@ -148,7 +169,34 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         Target::ThisTpm { .. } => "with --pcrs (e.g. 7,9)",
         Target::Offline { .. } => "with --pcr-values",
     };
-    warn_about_bindings(&bound, o.fence_pcr, how);
+    if o.policy_key.is_some() {
+        console::error(
+            "note: approvals signed by the policy key decide which boots unseal: nothing unlocks until `sealroot approve` has approved PCR values for this token",
+        );
+        if o.fence_pcr.is_none() {
+            if o.policy_key.is_some() {
+                console::error(
+                    "note: approvals signed by the policy key decide which boots unseal: nothing unlocks until `sealroot approve` has approved PCR values for this token",
+                );
+                if o.fence_pcr.is_none() {
+                    warn_about_bindings(&bound, o.fence_pcr, how);
+                }
+            } else {
+                warn_about_bindings(&bound, o.fence_pcr, how);
+            }
+        }
+    } else {
+        if o.policy_key.is_some() {
+            console::error(
+                "note: approvals signed by the policy key decide which boots unseal: nothing unlocks until `sealroot approve` has approved PCR values for this token",
+            );
+            if o.fence_pcr.is_none() {
+                warn_about_bindings(&bound, o.fence_pcr, how);
+            }
+        } else {
+            warn_about_bindings(&bound, o.fence_pcr, how);
+        }
+    }
     warn_about_unfenced_tokens(&mut vol, o.fence_pcr)?;
 
     let pin_params = match &pin_secret {
@@ -165,12 +213,31 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         (Some(p), Some(params)) => Some(pin::auth_value(p, &params.salt, params.iterations)),
         _ => None,
     };
-    let policy = PolicySpec {
-        bank,
-        pcrs: &pcrs,
-        pin: auth.is_some(),
-    }
-    .digest();
+    let policy_key = match &o.policy_key {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                Error::Usage(format!("--policy-key: cannot read {}: {e}", path.display()))
+            })?;
+            let key = PolicyKey::from_pem(&text)
+                .map_err(|e| Error::Usage(format!("--policy-key {}: {e}", path.display())))?;
+            let nonce =
+                Secret::random(16).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
+            let policy_ref = [approval::POLICY_REF_PREFIX, nonce.expose()].concat();
+            Some((key, policy_ref))
+        }
+    };
+    let policy = match &policy_key {
+        Some((key, policy_ref)) => {
+            approval::static_policy(key, policy_ref, bank, &pcrs, auth.is_some())
+        }
+        None => PolicySpec {
+            bank,
+            pcrs: &pcrs,
+            pin: auth.is_some(),
+        }
+        .digest(),
+    };
 
     let secret = Secret::random(32).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
     let sealed = match &target {
@@ -191,6 +258,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         policy_digest: policy,
         fence_pcr: o.fence_pcr,
         pin: pin_params,
+        policy_key,
     };
     let token_id = match vol.add_token(&token.to_json()) {
         Ok(id) => id,

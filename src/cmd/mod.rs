@@ -1,6 +1,7 @@
 //! One module per user-visible verb: orchestration only, joining `tpm` and `luks` through
 //! the plans of `tokens`.
 
+pub mod approve;
 pub mod enroll;
 pub mod escrow;
 pub mod fence;

@@ -16,6 +16,8 @@ pub struct StatusOptions {
     pub device: PathBuf,
     /// Signature file for signed PCR policies (else the token's tool's usual places).
     pub signature: Option<PathBuf>,
+    /// Approval files for tokens with a policy key (besides the header's).
+    pub approvals: Vec<PathBuf>,
     pub tcti: Option<String>,
 }
 
@@ -31,7 +33,8 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
     let mut tpm_error: Option<String> = None;
     let mut out = Vec::new();
-    for entry in vol.tokens()? {
+    let header = vol.tokens()?;
+    for entry in header.iter() {
         let mut t = json!({
             "id": entry.id,
             "type": token_type(&entry.json),
@@ -54,6 +57,7 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
             Some(Err(e)) => t["error"] = json!(e.to_string()),
             Some(Ok(mut plan)) => {
                 plan.load_signatures(o.signature.as_ref());
+                plan.load_approvals(&header, &o.approvals);
                 describe(&mut t, &plan, &mut tpm, &mut tpm_error);
             }
         }
@@ -117,6 +121,27 @@ fn describe(t: &mut Value, plan: &UnsealPlan, tpm: &mut LazyTpm, tpm_error: &mut
             })
             .collect();
         t["pcr_check"] = json!(checks);
+    }
+    if let Some(a) = &plan.approvals {
+        t["approvals"] = json!(
+            a.found
+                .iter()
+                .map(|ap| json!({
+                    "source": ap.source,
+                    "serial": ap.serial,
+                    "bank": ap.bank.name(),
+                    "pcrs": ap.pcrs(),
+                    "sets": ap.sets.len(),
+                    "matches_now": ap.matching_set(&current).is_some(),
+                }))
+                .collect::<Vec<_>>()
+        );
+        t["refused_approvals"] = json!(
+            a.refused
+                .iter()
+                .map(|(source, why)| json!({"source": source, "reason": why}))
+                .collect::<Vec<_>>()
+        );
     }
     let check = plan.check(&current);
     t["would_unseal"] = json!(check == PolicyCheck::Satisfied);
@@ -240,6 +265,33 @@ pub fn render_text(s: &Value) -> String {
         }
         if let Some(w) = t.get("warning").and_then(Value::as_str) {
             out += &format!("  WARNING: {w}\n");
+        }
+        for ap in get(t, "approvals").as_array().into_iter().flatten() {
+            out += &format!(
+                "  approval from {} (serial {}): {} PCRs {}, {} set(s): {}\n",
+                crate::console::escape(get(ap, "source").as_str().unwrap_or("?")),
+                get(ap, "serial"),
+                get(ap, "bank").as_str().unwrap_or("?"),
+                get(ap, "pcrs"),
+                get(ap, "sets"),
+                if get(ap, "matches_now").as_bool() == Some(true) {
+                    "matches now"
+                } else {
+                    "does not match now"
+                }
+            );
+        }
+        for r in get(t, "refused_approvals").as_array().into_iter().flatten() {
+            out += &format!(
+                "  ignored approval from {}: {}\n",
+                crate::console::escape(get(r, "source").as_str().unwrap_or("?")),
+                crate::console::escape(get(r, "reason").as_str().unwrap_or("?"))
+            );
+        }
+        if t.get("approvals")
+            .is_some_and(|a| a.as_array().is_some_and(|a| a.is_empty()))
+        {
+            out += "  no approval yet: nothing unlocks it until `sealroot approve`\n";
         }
         if let Some(p) = t.get("signed_pcrs") {
             out += &format!(

@@ -27,6 +27,8 @@ pub struct UnlockOptions {
     pub askpass: Option<PathBuf>,
     /// Signature file for signed PCR policies (else systemd's usual places).
     pub signature: Option<PathBuf>,
+    /// Approval files for sealroot tokens with a policy key (besides the header's).
+    pub approvals: Vec<PathBuf>,
     /// Extend nothing (tests and tooling; tokens are still checked against `trust`).
     pub no_fence: bool,
     /// The fence and the expected storage key, from trusted configuration.
@@ -54,6 +56,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
             pin_file: o.pin_file.as_ref(),
             askpass: o.askpass.as_ref(),
             signature: o.signature.as_ref(),
+            approvals: &o.approvals,
             pin_cache: &mut pin_cache,
             trust: &o.trust,
             provision: o.provision,
@@ -105,6 +108,7 @@ struct Attempt<'a> {
     pin_file: Option<&'a PathBuf>,
     askpass: Option<&'a PathBuf>,
     signature: Option<&'a PathBuf>,
+    approvals: &'a [PathBuf],
     pin_cache: &'a mut Option<Secret>,
     trust: &'a Trust,
     provision: bool,
@@ -146,10 +150,9 @@ fn unlock_volume(
     }
     // sealroot's own tokens first, then what systemd-cryptenroll and clevis enrolled, each
     // group in token order.
-    let mut entries: Vec<_> = vol
-        .tokens()
-        .map_err(|e| fail(e.into()))?
-        .into_iter()
+    let header = vol.tokens().map_err(|e| fail(e.into()))?;
+    let mut entries: Vec<_> = header
+        .iter()
         .filter_map(|t| {
             let order = tokens::unlock_order(tokens::token_type(&t.json));
             Some((order, t.id, tokens::plan(t.id, &t.json)?))
@@ -171,6 +174,14 @@ fn unlock_volume(
                 plan.admit(a.trust)
                     .map_err(|e| Error::NoUsableToken(e.to_string()))?;
                 plan.load_signatures(a.signature);
+                plan.load_approvals(&header, a.approvals);
+                if plan.approvals.is_some() {
+                    plan.choose_approval(a.tpm.get()?)
+                        .map_err(|e| Error::Token {
+                            label: plan.label(),
+                            source: Box::new(e.into()),
+                        })?;
+                }
                 unlock_with_plan(a, &mut vol, &plan, name, test).map_err(|e| Error::Token {
                     label: plan.label(),
                     source: Box::new(e),

@@ -241,6 +241,7 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
         pin: None,
         finish,
         signed: None,
+        approvals: None,
         fence: Fence::Unknown,
     })
 }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{Fence, Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan};
+use crate::approval::PolicyKey;
 use crate::tpm::object::PublicArea;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::policy::{PolicySpec, pcr_values_digest};
@@ -63,6 +64,12 @@ struct TokenJson {
     tpm2_pin_salt: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tpm2_pin_iterations: Option<u32>,
+    /// base64(TPMT_PUBLIC) of the policy key (ECDSA P-256): approvals signed by it unlock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_policy_key: Option<String>,
+    /// hex policyRef of PolicyAuthorize.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_policy_ref: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -83,6 +90,8 @@ pub struct SealrootToken {
     pub policy_digest: [u8; 32],
     pub fence_pcr: Option<u32>,
     pub pin: Option<PinParams>,
+    /// A signed policy: the key and policyRef; `pcrs` then holds only the fence.
+    pub policy_key: Option<(PolicyKey, Vec<u8>)>,
 }
 
 impl SealrootToken {
@@ -96,6 +105,15 @@ impl SealrootToken {
 
     /// The digest the policy of this token must have, computed in software.
     pub fn computed_policy(&self) -> [u8; 32] {
+        if let Some((key, policy_ref)) = &self.policy_key {
+            return crate::approval::static_policy(
+                key,
+                policy_ref,
+                self.bank,
+                &self.pcrs,
+                self.pin.is_some(),
+            );
+        }
         PolicySpec {
             bank: self.bank,
             pcrs: &self.pcrs,
@@ -108,7 +126,7 @@ impl SealrootToken {
         let json = TokenJson {
             kind: TOKEN_TYPE.into(),
             keyslots: vec![self.keyslot.to_string()],
-            sealroot_version: if self.sealed.needs_import() {
+            sealroot_version: if self.sealed.needs_import() || self.policy_key.is_some() {
                 OFFLINE_FORMAT_VERSION
             } else {
                 FORMAT_VERSION
@@ -128,6 +146,11 @@ impl SealrootToken {
             tpm2_pin: self.pin.is_some(),
             tpm2_pin_salt: self.pin.as_ref().map(|p| B64.encode(&p.salt)),
             tpm2_pin_iterations: self.pin.as_ref().map(|p| p.iterations),
+            tpm2_policy_key: self
+                .policy_key
+                .as_ref()
+                .map(|(k, _)| B64.encode(k.template())),
+            tpm2_policy_ref: self.policy_key.as_ref().map(|(_, r)| hex::encode(r)),
         };
         // Serializing a struct of strings, numbers and maps with string keys cannot fail.
         serde_json::to_value(json).unwrap_or(Value::Null)
@@ -156,18 +179,35 @@ impl SealrootToken {
             .decode(&json.tpm2_blob)
             .map_err(|e| bad(format!("tpm2_blob is not base64: {e}")))?;
         let sealed = SealedObject::from_blob(&blob).map_err(|e| bad(e.to_string()))?;
-        let offline = json.sealroot_version == OFFLINE_FORMAT_VERSION;
-        if sealed.needs_import() != offline {
+        let signed = json.tpm2_policy_key.is_some() || json.tpm2_policy_ref.is_some();
+        if (sealed.needs_import() || signed) != (json.sealroot_version == OFFLINE_FORMAT_VERSION) {
             return Err(bad(format!(
-                "tpm2_blob {} an import seed, but the format version is {}",
+                "tpm2_blob {} an import seed and the token {} a policy key, but the format version is {}",
                 if sealed.needs_import() {
                     "has"
                 } else {
                     "lacks"
                 },
+                if signed { "has" } else { "lacks" },
                 json.sealroot_version
             )));
         }
+        let policy_key = match (&json.tpm2_policy_key, &json.tpm2_policy_ref) {
+            (None, None) => None,
+            (Some(key), Some(policy_ref)) => {
+                let template = B64
+                    .decode(key)
+                    .map_err(|e| bad(format!("tpm2_policy_key is not base64: {e}")))?;
+                let key = PolicyKey::from_template(&template)
+                    .map_err(|e| bad(format!("tpm2_policy_key: {e}")))?;
+                let policy_ref = hex::decode(policy_ref)
+                    .ok()
+                    .filter(|r| r.starts_with(crate::approval::POLICY_REF_PREFIX) && r.len() <= 32)
+                    .ok_or_else(|| bad("tpm2_policy_ref is not a sealroot policyRef".into()))?;
+                Some((key, policy_ref))
+            }
+            _ => return Err(bad("tpm2_policy_key and tpm2_policy_ref disagree".into())),
+        };
         let srk_handle =
             crate::trust::parse_persistent_handle(&json.tpm2_srk_handle).ok_or_else(|| {
                 bad(format!(
@@ -250,6 +290,7 @@ impl SealrootToken {
             policy_digest,
             fence_pcr: json.fence_pcr,
             pin,
+            policy_key,
         };
         if token.computed_policy() != token.policy_digest {
             return Err(bad(
@@ -292,5 +333,13 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
         finish: Finish::Base64,
         signed: None,
         fence: Fence::Declared(token.fence_pcr),
+        approvals: token.policy_key.map(|(key, policy_ref)| super::Approvals {
+            key_public: key.template(),
+            key,
+            policy_ref,
+            found: Vec::new(),
+            refused: Vec::new(),
+            chosen: None,
+        }),
     })
 }

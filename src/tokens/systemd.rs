@@ -140,6 +140,7 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
         finish: Finish::Base64,
         signed,
         fence: Fence::Unknown,
+        approvals: None,
     })
 }
 

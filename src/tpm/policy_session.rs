@@ -7,18 +7,28 @@ use std::ptr;
 use sha2::{Digest as _, Sha256};
 use tss_esapi_sys::{
     ESYS_TR, ESYS_TR_NONE, Esys_LoadExternal, Esys_PolicyAuthValue, Esys_PolicyAuthorize,
-    Esys_PolicyGetDigest, Esys_PolicyPCR, Esys_TR_GetName, Esys_VerifySignature, TPM2B_DIGEST,
-    TPM2B_NAME, TPM2B_NONCE, TPM2B_PUBLIC, TPMT_SIGNATURE, TPMT_TK_VERIFIED,
-    Tss2_MU_TPMT_PUBLIC_Unmarshal,
+    Esys_PolicyGetDigest, Esys_PolicyOR, Esys_PolicyPCR, Esys_TR_GetName, Esys_VerifySignature,
+    TPM2B_DIGEST, TPM2B_NAME, TPM2B_NONCE, TPM2B_PUBLIC, TPML_DIGEST, TPMT_SIGNATURE,
+    TPMT_TK_VERIFIED, Tss2_MU_TPMT_PUBLIC_Unmarshal,
 };
 
 use super::context::Tpm;
 use super::error::{RcKind, TpmError, classify};
 use super::pcr::PcrBank;
-use super::unseal::SignedPolicy;
+use super::unseal::{Approved, SignedPolicy};
 use super::wire::{EsysBox, check, generic, pcr_selection, tpm2b_digest, unmarshal};
 
 const TPM2_ALG_RSASSA: u16 = 0x0014;
+const TPM2_ALG_ECDSA: u16 = 0x0018;
+
+/// A signature over an approved policy.
+#[derive(Clone, Copy)]
+enum Sig<'a> {
+    /// systemd's signed policies: RSASSA-PKCS1-v1_5 with SHA-256.
+    Rsassa(&'a [u8]),
+    /// sealroot's approvals: ECDSA P-256 with SHA-256, (r, s).
+    Ecdsa(&'a [u8], &'a [u8]),
+}
 const TPM2_RH_OWNER: u32 = 0x4000_0001;
 
 impl Tpm {
@@ -44,12 +54,71 @@ impl Tpm {
             .key_publics
             .get(key_index)
             .ok_or_else(|| TpmError::Invalid("no public key for the signed policy".into()))?;
+        self.authorize(session, key_public, &approved, &[], Sig::Rsassa(sig))
+    }
+
+    /// A sealroot approval: the branch of PCR values that holds now (PolicyOR over all
+    /// branches when there are several), then PolicyAuthorize with the approval's signature.
+    pub(super) fn policy_approved(
+        &mut self,
+        session: ESYS_TR,
+        a: &Approved<'_>,
+    ) -> Result<(), TpmError> {
+        let expected = super::policy::pcr_values_digest(a.branch);
+        let indexes: Vec<u32> = a.branch.iter().map(|(i, _)| *i).collect();
+        self.policy_pcr(session, a.bank, &indexes, &expected)?;
+        if !a.or_branches.is_empty() {
+            self.policy_or(session, a.or_branches)?;
+        }
+        self.authorize(
+            session,
+            a.key_public,
+            a.approved,
+            a.policy_ref,
+            Sig::Ecdsa(a.signature.0, a.signature.1),
+        )
+    }
+
+    fn policy_or(&mut self, session: ESYS_TR, branches: &[Vec<u8>]) -> Result<(), TpmError> {
+        // SAFETY: plain data; all zeros is an empty list.
+        let mut list: TPML_DIGEST = unsafe { std::mem::zeroed() };
+        if branches.len() > list.digests.len() {
+            return Err(TpmError::Invalid("more than 8 PolicyOR branches".into()));
+        }
+        for (slot, b) in list.digests.iter_mut().zip(branches) {
+            *slot = tpm2b_digest(b)?;
+        }
+        list.count = branches.len() as u32;
+        // SAFETY: pointers to live locals.
+        let rc = unsafe {
+            Esys_PolicyOR(
+                self.ctx,
+                session,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                ESYS_TR_NONE,
+                &list,
+            )
+        };
+        check("PolicyOR", rc).map_err(generic)
+    }
+
+    /// LoadExternal of the signing key (owner hierarchy: PolicyAuthorize refuses tickets
+    /// from the null hierarchy), VerifySignature of SHA-256(approved ‖ policyRef) for the
+    /// ticket, PolicyAuthorize, FlushContext.
+    fn authorize(
+        &mut self,
+        session: ESYS_TR,
+        key_public: &[u8],
+        approved: &[u8],
+        policy_ref: &[u8],
+        sig: Sig<'_>,
+    ) -> Result<(), TpmError> {
         // SAFETY: plain data; all zeros is valid.
         let mut public: TPM2B_PUBLIC = unsafe { std::mem::zeroed() };
         public.publicArea = unmarshal(key_public, Tss2_MU_TPMT_PUBLIC_Unmarshal, "TPMT_PUBLIC")?;
         let mut key: ESYS_TR = ESYS_TR_NONE;
-        // SAFETY: pointers to live locals; the key is flushed below. The owner hierarchy,
-        // because PolicyAuthorize refuses tickets from the null hierarchy.
+        // SAFETY: pointers to live locals; the key is flushed below.
         let rc = unsafe {
             Esys_LoadExternal(
                 self.ctx,
@@ -63,7 +132,7 @@ impl Tpm {
             )
         };
         check("LoadExternal", rc).map_err(generic)?;
-        let result = self.authorize_with(session, key, &approved, sig);
+        let result = self.authorize_with(session, key, approved, policy_ref, sig);
         self.flush(key);
         result
     }
@@ -73,20 +142,43 @@ impl Tpm {
         session: ESYS_TR,
         key: ESYS_TR,
         approved: &[u8],
-        sig: &[u8],
+        policy_ref: &[u8],
+        sig: Sig<'_>,
     ) -> Result<(), TpmError> {
-        let digest = tpm2b_digest(&Sha256::digest(approved))?;
+        let mut hashed = Sha256::new();
+        hashed.update(approved);
+        hashed.update(policy_ref);
+        let digest = tpm2b_digest(&hashed.finalize())?;
         // SAFETY: plain data; all zeros is valid.
         let mut signature: TPMT_SIGNATURE = unsafe { std::mem::zeroed() };
-        signature.sigAlg = TPM2_ALG_RSASSA;
-        if sig.len() > 512 {
-            return Err(TpmError::Invalid("signature too long".into()));
-        }
-        // SAFETY: writing the rsassa member of the union we declared as RSASSA.
-        unsafe {
-            signature.signature.rsassa.hash = PcrBank::Sha256.alg_id();
-            signature.signature.rsassa.sig.size = sig.len() as u16;
-            signature.signature.rsassa.sig.buffer[..sig.len()].copy_from_slice(sig);
+        match sig {
+            Sig::Rsassa(bytes) => {
+                signature.sigAlg = TPM2_ALG_RSASSA;
+                if bytes.len() > 512 {
+                    return Err(TpmError::Invalid("signature too long".into()));
+                }
+                // SAFETY: writing the rsassa member of the union we declared as RSASSA.
+                unsafe {
+                    signature.signature.rsassa.hash = PcrBank::Sha256.alg_id();
+                    signature.signature.rsassa.sig.size = bytes.len() as u16;
+                    signature.signature.rsassa.sig.buffer[..bytes.len()].copy_from_slice(bytes);
+                }
+            }
+            Sig::Ecdsa(r, s) => {
+                signature.sigAlg = TPM2_ALG_ECDSA;
+                if r.len() > 32 || s.len() > 32 {
+                    return Err(TpmError::Invalid("signature too long".into()));
+                }
+                // SAFETY: writing the ecdsa member of the union we declared as ECDSA.
+                unsafe {
+                    let e = &mut signature.signature.ecdsa;
+                    e.hash = PcrBank::Sha256.alg_id();
+                    e.signatureR.size = r.len() as u16;
+                    e.signatureR.buffer[..r.len()].copy_from_slice(r);
+                    e.signatureS.size = s.len() as u16;
+                    e.signatureS.buffer[..s.len()].copy_from_slice(s);
+                }
+            }
         }
         let mut ticket = EsysBox::<TPMT_TK_VERIFIED>::null();
         // SAFETY: pointers to live locals; ticket is freed by its box.
@@ -104,7 +196,7 @@ impl Tpm {
         };
         check("VerifySignature", rc).map_err(|e| TpmError::PolicyMismatch {
             detail: format!(
-                "the PCR signature does not verify (0x{:x}); use `sealroot recover`",
+                "the TPM does not accept the policy signature (0x{:x}); use `sealroot recover`",
                 e.1
             ),
         })?;
@@ -113,8 +205,13 @@ impl Tpm {
         let rc = unsafe { Esys_TR_GetName(self.ctx, key, &mut name.0) };
         check("TR_GetName", rc).map_err(generic).and_then(|_| {
             let approved = tpm2b_digest(approved)?;
-            // SAFETY: plain data; an empty policyRef.
-            let policy_ref: TPM2B_NONCE = unsafe { std::mem::zeroed() };
+            // SAFETY: plain data; all zeros is valid.
+            let mut reference: TPM2B_NONCE = unsafe { std::mem::zeroed() };
+            if policy_ref.len() > reference.buffer.len() {
+                return Err(TpmError::Invalid("policyRef too long".into()));
+            }
+            reference.size = policy_ref.len() as u16;
+            reference.buffer[..policy_ref.len()].copy_from_slice(policy_ref);
             // SAFETY: all pointers valid; name and ticket from ESAPI.
             let rc = unsafe {
                 Esys_PolicyAuthorize(
@@ -124,7 +221,7 @@ impl Tpm {
                     ESYS_TR_NONE,
                     ESYS_TR_NONE,
                     &approved,
-                    &policy_ref,
+                    &reference,
                     name.0,
                     ticket.0,
                 )

@@ -168,6 +168,9 @@ impl Tpm {
         if let Some(signed) = req.signed {
             self.policy_authorize(session, signed, key_index)?;
         }
+        if let Some(approved) = &req.approved {
+            self.policy_approved(session, approved)?;
+        }
         if !req.pcrs.is_empty() {
             let expected = req.expected_pcr_digest.as_deref().unwrap_or(&[]);
             self.policy_pcr(session, req.bank, req.pcrs, expected)?;
@@ -235,6 +238,8 @@ pub struct Unseal<'a> {
     pub expected_policy: Option<&'a [u8]>,
     /// A signed PCR policy (systemd's PolicyAuthorize) to satisfy first.
     pub signed: Option<&'a SignedPolicy>,
+    /// A sealroot approval to satisfy first (tokens with a policy key).
+    pub approved: Option<Approved<'a>>,
     pub auth: Option<&'a Secret>,
 }
 
@@ -250,6 +255,22 @@ pub struct SignedPolicy {
     /// approvals are verified with it before any reaches the TPM.
     pub key_pkcs1: Vec<u8>,
     pub signatures: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// A sealroot approval, checked in software and chosen for the current PCR values.
+pub struct Approved<'a> {
+    /// TPMT_PUBLIC of the policy key (ECDSA P-256).
+    pub key_public: &'a [u8],
+    pub policy_ref: &'a [u8],
+    /// The approved policy digest the signature covers.
+    pub approved: &'a [u8],
+    pub bank: PcrBank,
+    /// The approved PCR set that holds now.
+    pub branch: &'a [(u32, Vec<u8>)],
+    /// Every branch's digest when the approval is a PolicyOR; empty otherwise.
+    pub or_branches: &'a [Vec<u8>],
+    /// (r, s).
+    pub signature: (&'a [u8], &'a [u8]),
 }
 
 /// Where the sealed object's parent comes from.
