@@ -23,6 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use crate::tpm::nv::NvCounter;
 use crate::tpm::object::name_of_template;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::policy::PolicyBuilder;
@@ -132,14 +133,24 @@ pub fn static_policy(
     out
 }
 
-/// PolicyPCR digest of one set from a fresh session: one branch.
-pub fn branch_digest(bank: PcrBank, set: &[(u32, Vec<u8>)]) -> Vec<u8> {
-    PolicyBuilder::new(PcrBank::Sha256).pcr(bank, set).digest()
+/// One branch from a fresh session: PolicyNV(counter == value) when the token is
+/// revocable, then PolicyPCR of the set.
+pub fn branch_digest(bank: PcrBank, set: &[(u32, Vec<u8>)], nv: Option<&NvCounter>) -> Vec<u8> {
+    let b = PolicyBuilder::new(PcrBank::Sha256);
+    let b = match nv {
+        Some(c) => b.nv_equals(&c.name, c.value),
+        None => b,
+    };
+    b.pcr(bank, set).digest()
 }
 
 /// The approved policy for these PCR sets: the one branch, or PolicyOR of all.
-pub fn approved_policy(bank: PcrBank, sets: &[Vec<(u32, Vec<u8>)>]) -> Vec<u8> {
-    let branches: Vec<Vec<u8>> = sets.iter().map(|s| branch_digest(bank, s)).collect();
+pub fn approved_policy(
+    bank: PcrBank,
+    sets: &[Vec<(u32, Vec<u8>)>],
+    nv: Option<&NvCounter>,
+) -> Vec<u8> {
+    let branches: Vec<Vec<u8>> = sets.iter().map(|s| branch_digest(bank, s, nv)).collect();
     match branches.as_slice() {
         [one] => one.clone(),
         _ => policy_or(&branches),
@@ -183,6 +194,13 @@ pub struct ApprovalJson {
     pub serial: u64,
     pub signature_r: String,
     pub signature_s: String,
+    /// Revocable tokens: the counter (index, Name) and the value it must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nv_index: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nv_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nv_value: Option<u64>,
 }
 
 /// An approval that verified in software against a token's key and policyRef.
@@ -194,6 +212,8 @@ pub struct Approval {
     pub serial: u64,
     /// (r, s), 32 bytes each.
     pub signature: (Vec<u8>, Vec<u8>),
+    /// The counter value it holds for, on revocable tokens.
+    pub nv: Option<NvCounter>,
     /// Where it came from, for messages ("header token 3", a file name).
     pub source: String,
 }
@@ -222,7 +242,7 @@ impl Approval {
         }
         self.sets
             .iter()
-            .map(|s| branch_digest(self.bank, s))
+            .map(|s| branch_digest(self.bank, s, self.nv.as_ref()))
             .collect()
     }
 }
@@ -235,6 +255,7 @@ pub fn sign(
     bank: PcrBank,
     sets: &[Vec<(u32, Vec<u8>)>],
     serial: u64,
+    nv: Option<&NvCounter>,
 ) -> Result<ApprovalJson, String> {
     if sets.is_empty() || sets.len() > MAX_SETS {
         return Err(format!(
@@ -247,7 +268,7 @@ pub fn sign(
     let public = PolicyKey {
         key: *key.verifying_key(),
     };
-    let approved = approved_policy(bank, sets);
+    let approved = approved_policy(bank, sets, nv);
     let digest = signed_digest(&approved, policy_ref);
     let signature: Signature = key
         .sign_prehash(&digest)
@@ -271,6 +292,9 @@ pub fn sign(
         serial,
         signature_r: hex::encode(r),
         signature_s: hex::encode(s),
+        nv_index: nv.map(|c| format!("0x{:08x}", c.index)),
+        nv_name: nv.map(|c| hex::encode(&c.name)),
+        nv_value: nv.map(|c| c.value),
     })
 }
 
@@ -290,6 +314,7 @@ pub fn verify(
     json: &Value,
     key: &PolicyKey,
     policy_ref: &[u8],
+    counter: Option<&NvCounter>,
     source: &str,
 ) -> Result<Approval, String> {
     let a: ApprovalJson =
@@ -336,7 +361,20 @@ pub fn verify(
         (Ok(r), Ok(s)) => Signature::from_scalars(r, s).map_err(|_| "bad signature")?,
         _ => return Err("bad signature".into()),
     };
-    let approved = approved_policy(bank, &sets);
+    // A revocable token's approvals name its counter; the value is the approval's own.
+    let nv = match (&a.nv_index, &a.nv_name, a.nv_value) {
+        (None, None, None) => None,
+        (Some(index), Some(name), Some(value)) => {
+            let index = crate::trust::parse_nv_index(index).ok_or("a bad NV index")?;
+            let name = hex::decode(name).map_err(|_| "a bad NV Name")?;
+            if counter.is_some_and(|c| c.index != index || c.name != name) {
+                return Err("for another revocation counter".into());
+            }
+            Some(NvCounter { index, name, value })
+        }
+        _ => return Err("incomplete revocation counter".into()),
+    };
+    let approved = approved_policy(bank, &sets, nv.as_ref());
     if !key.verifies(&signed_digest(&approved, policy_ref), &signature) {
         return Err("the signature does not verify".into());
     }
@@ -346,6 +384,7 @@ pub fn verify(
         approved,
         serial: a.serial,
         signature: (r, s),
+        nv,
         source: source.to_string(),
     })
 }
@@ -367,9 +406,9 @@ R5VMVsXLaJci4kQ3+7A3YaGOF+ShRANCAASdaL05uF+nGV373qe7n4b1A8oFTfX+
         let policy_ref = [POLICY_REF_PREFIX, &[1u8; 16]].concat();
         let sets = vec![vec![(7u32, vec![1u8; 32])], vec![(7u32, vec![2u8; 32])]];
         let json =
-            serde_json::to_value(sign(PRIV, &policy_ref, PcrBank::Sha256, &sets, 5).unwrap())
+            serde_json::to_value(sign(PRIV, &policy_ref, PcrBank::Sha256, &sets, 5, None).unwrap())
                 .unwrap();
-        let a = verify(&json, &key, &policy_ref, "test").unwrap();
+        let a = verify(&json, &key, &policy_ref, None, "test").unwrap();
         assert_eq!(a.or_branches().len(), 2);
         let mut current = BTreeMap::new();
         current.insert((PcrBank::Sha256, 7), vec![2u8; 32]);
@@ -377,14 +416,14 @@ R5VMVsXLaJci4kQ3+7A3YaGOF+ShRANCAASdaL05uF+nGV373qe7n4b1A8oFTfX+
 
         let other_ref = [POLICY_REF_PREFIX, &[2u8; 16]].concat();
         assert!(
-            verify(&json, &key, &other_ref, "test")
+            verify(&json, &key, &other_ref, None, "test")
                 .unwrap_err()
                 .contains("another token")
         );
         let mut tampered = json.clone();
         tampered["pcr_sets"][0]["7"] = hex::encode([3u8; 32]).into();
         assert!(
-            verify(&tampered, &key, &policy_ref, "test")
+            verify(&tampered, &key, &policy_ref, None, "test")
                 .unwrap_err()
                 .contains("does not verify")
         );

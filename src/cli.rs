@@ -76,6 +76,10 @@ pub enum Command {
         /// (`sealroot approve`) say which PCR values unseal; the fence stays in the object.
         #[arg(long, value_name = "PUB", conflicts_with = "pcrs")]
         policy_key: Option<PathBuf>,
+        /// With --policy-key: an NV counter on this TPM, so that `sealroot revoke` makes
+        /// every earlier approval useless.
+        #[arg(long, requires = "policy_key", conflicts_with = "srk_public")]
+        revocable: bool,
         /// Also require a PIN (asked twice on the terminal, or read from --pin-file).
         #[arg(long)]
         pin: bool,
@@ -188,6 +192,17 @@ pub enum Command {
         /// Remove the token's older approvals from the header.
         #[arg(long, conflicts_with = "out")]
         replace: bool,
+    },
+    /// Retire every approval of the revocable tokens of DEVICE (their NV counter moves
+    /// on); approve again afterwards.
+    #[command(after_help = EXIT_CODES)]
+    Revoke {
+        device: PathBuf,
+        /// Only this token.
+        #[arg(long, value_name = "ID")]
+        token: Option<u32>,
+        #[command(flatten)]
+        tcti: TctiArg,
     },
     /// Mark an image so that each instance, on its first boot, re-encrypts itself to its
     /// own key, seals it to its own TPM and escrows a recovery key (no TPM needed here).

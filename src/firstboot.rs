@@ -315,6 +315,7 @@ impl Provisioning<'_> {
             fence_pcr: t.fence_pcr,
             pin: None,
             policy_key: None,
+            counter: None,
         };
         self.vol.add_token(&token.to_json())?;
         crash_point("sealed-token");

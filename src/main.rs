@@ -8,7 +8,7 @@ use clap::Parser;
 use cli::{Cli, Command, EscrowAction};
 use sealroot::cmd::{
     approve, enroll, escrow, fence, finish_provisioning, initrd_config, provision, recover, remove,
-    srk_public, status, unlock,
+    revoke, srk_public, status, unlock,
 };
 use sealroot::console;
 use sealroot::error::{Error, exit};
@@ -62,6 +62,7 @@ fn run(command: Command) -> u8 {
             srk_public,
             pcr_values,
             policy_key,
+            revocable,
             pin,
             pin_file,
             unlock_key_file,
@@ -78,6 +79,7 @@ fn run(command: Command) -> u8 {
                     pcr_values,
                 }),
                 policy_key,
+                revocable,
                 pin,
                 pin_file,
                 unlock_key_file,
@@ -226,6 +228,25 @@ fn run(command: Command) -> u8 {
             Ok(done) => {
                 for (token, place) in done {
                     eprintln!("sealroot: approval for token {token}: {place}");
+                }
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Revoke {
+            device,
+            token,
+            tcti,
+        } => match revoke::run(&revoke::RevokeOptions {
+            device,
+            token,
+            tcti: tcti.tcti,
+        }) {
+            Ok(done) => {
+                for (token, value, removed) in done {
+                    eprintln!(
+                        "sealroot: token {token}: earlier approvals revoked (counter now {value}; {removed} removed from the header); approve the current values again"
+                    );
                 }
                 exit::OK
             }

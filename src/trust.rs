@@ -42,6 +42,13 @@ pub fn parse_persistent_handle(s: &str) -> Option<u32> {
 }
 
 /// An SRK Name as tpm2_readpublic prints it: SHA-256 nameAlg (000b) and 32 bytes, in hex.
+/// "0x01535200": an owner-defined NV index (0x01000000-0x01ffffff).
+pub fn parse_nv_index(s: &str) -> Option<u32> {
+    let hex = s.strip_prefix("0x")?;
+    let v = u32::from_str_radix(hex, 16).ok()?;
+    (hex.len() == 8 && (0x0100_0000..=0x01ff_ffff).contains(&v)).then_some(v)
+}
+
 pub fn parse_srk_name(s: &str) -> Option<Vec<u8>> {
     hex::decode(s)
         .ok()

@@ -135,6 +135,7 @@ fn approvals_that_are_not_the_tokens_own_unlock_nothing() {
         sealroot::tpm::pcr::PcrBank::Sha256,
         &[vec![(7, f.tpm.read(7))]],
         1,
+        None,
     )
     .unwrap();
     let forged = serde_json::to_value(&forged).unwrap();
@@ -279,4 +280,69 @@ fn the_fence_holds_whatever_the_approval_says() {
     let r = f.unlock_test(&["--no-fence"]);
     assert_eq!(r.code, 5, "{}", r.stderr);
     assert!(r.stderr.contains("fence"), "{}", r.stderr);
+}
+
+#[test]
+fn revoking_retires_every_earlier_approval() {
+    let f = Fixture::new();
+    let (private, public) = policy_key(&f, "admin");
+    enroll_signed(&f, &public, &["--revocable"]);
+    let now = pcr7(&f);
+    // A copy of an approval kept elsewhere, as someone who wants it back might keep it.
+    let kept = f.path("kept.json");
+    let r = approve(
+        &f.image,
+        &private,
+        &[&now],
+        &["--out", kept.to_str().unwrap()],
+    );
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(approve(&f.image, &private, &[&now], &[]).code, 0);
+    let bus = common::BusCapture::start(&f.tpm);
+    let r = f.unlock_test(&["--no-fence", "--tcti", &bus.tcti()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // What revocability costs at unlock: NV_ReadPublic (the counter's handle), PolicyNV.
+    let codes = bus.command_codes();
+    assert!(
+        codes.contains(&0x169) && codes.contains(&0x149),
+        "{codes:x?}"
+    );
+
+    let r = f.run(&["revoke", f.image.to_str().unwrap()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 5, "the header's approval is gone: {}", r.stderr);
+    let r = f.unlock_test(&["--no-fence", "--approval", kept.to_str().unwrap()]);
+    assert_eq!(r.code, 5, "the kept approval: {}", r.stderr);
+    assert!(r.stderr.contains("revoked"), "{}", r.stderr);
+    // Approved again, for the counter's new value.
+    assert_eq!(approve(&f.image, &private, &[&now], &[]).code, 0);
+    let r = f.unlock_test(&["--no-fence"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+}
+
+#[test]
+fn a_counter_is_never_made_offline() {
+    let f = Fixture::new();
+    let (_, public) = policy_key(&f, "builder");
+    let srk = f.path("srk.pub");
+    assert_eq!(
+        f.run(&["srk-public", "--out", srk.to_str().unwrap()]).code,
+        0
+    );
+    let before = f.image_hash();
+    let r = run(&[
+        "enroll",
+        f.image.to_str().unwrap(),
+        "--unlock-key-file",
+        f.passfile.to_str().unwrap(),
+        "--srk-public",
+        srk.to_str().unwrap(),
+        "--policy-key",
+        public.to_str().unwrap(),
+        "--revocable",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(f.image_hash(), before);
 }

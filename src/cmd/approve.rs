@@ -66,7 +66,7 @@ pub fn run(o: &ApproveOptions) -> Result<Vec<(u32, String)>> {
                     entry.id
                 )));
             }
-            targets.push((entry.id, policy_ref.clone()));
+            targets.push((entry.id, policy_ref.clone(), token.counter.clone()));
         }
     }
     if targets.is_empty() {
@@ -86,7 +86,7 @@ pub fn run(o: &ApproveOptions) -> Result<Vec<(u32, String)>> {
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let mut done = Vec::new();
-    for (id, policy_ref) in targets {
+    for (id, policy_ref, counter) in targets {
         // Newer approvals are tried first: the serial only grows, whatever the clock says.
         let latest = header
             .iter()
@@ -94,8 +94,15 @@ pub fn run(o: &ApproveOptions) -> Result<Vec<(u32, String)>> {
             .filter_map(|t| t.json.get("serial").and_then(Value::as_u64))
             .max()
             .unwrap_or(0);
-        let signed = approval::sign(&pem, &policy_ref, bank, &sets, now.max(latest + 1))
-            .map_err(Error::Usage)?;
+        let signed = approval::sign(
+            &pem,
+            &policy_ref,
+            bank,
+            &sets,
+            now.max(latest + 1),
+            counter.as_ref(),
+        )
+        .map_err(Error::Usage)?;
         let json = serde_json::to_value(&signed).map_err(|e| Error::Other(e.to_string()))?;
         match &o.out {
             Some(path) => {

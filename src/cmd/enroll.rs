@@ -30,6 +30,9 @@ pub struct EnrollOptions {
     pub offline: Option<OfflineTarget>,
     /// A policy key (PEM): approvals it signs decide the PCR values (`sealroot approve`).
     pub policy_key: Option<PathBuf>,
+    /// With a policy key: an NV counter on this TPM, so `sealroot revoke` can retire
+    /// approvals.
+    pub revocable: bool,
     pub pin: bool,
     pub pin_file: Option<PathBuf>,
     pub unlock_key_file: Option<PathBuf>,
@@ -132,6 +135,11 @@ pub struct Enrolled {
 }
 
 pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
+    if o.revocable && (o.policy_key.is_none() || o.offline.is_some()) {
+        return Err(Error::Usage(
+            "--revocable needs --policy-key and this machine's TPM (an NV counter cannot be made offline)".into(),
+        ));
+    }
     let target = Target::new(o)?;
     if let (Some(f), Target::ThisTpm { .. }) = (o.fence_pcr, &target) {
         crate::trust::check_fence(f, &o.pcrs).map_err(Error::Usage)?;
@@ -245,6 +253,11 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         Target::Offline { key, .. } => seal_offline(key, &secret, &policy, auth.as_ref())?,
     };
     let passphrase = passphrase_of(&secret);
+    let counter = if o.revocable {
+        Some(tpm.get()?.define_counter()?)
+    } else {
+        None
+    };
 
     // From here on the header changes; each step undoes the previous one if it fails.
     let keyslot = vol.add_keyslot(existing.expose(), passphrase.expose())?;
@@ -259,6 +272,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         fence_pcr: o.fence_pcr,
         pin: pin_params,
         policy_key,
+        counter,
     };
     let token_id = match vol.add_token(&token.to_json()) {
         Ok(id) => id,

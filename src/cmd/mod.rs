@@ -10,6 +10,7 @@ pub mod initrd_config;
 pub mod provision;
 pub mod recover;
 pub mod remove;
+pub mod revoke;
 pub mod srk_public;
 pub mod status;
 pub mod unlock;

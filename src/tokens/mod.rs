@@ -89,6 +89,7 @@ pub struct Approvals {
     pub key: crate::approval::PolicyKey,
     pub key_public: Vec<u8>,
     pub policy_ref: Vec<u8>,
+    pub counter: Option<crate::tpm::nv::NvCounter>,
     pub found: Vec<crate::approval::Approval>,
     /// Approvals that did not verify, with why (for status).
     pub refused: Vec<(String, String)>,
@@ -254,6 +255,7 @@ impl UnsealPlan {
                     branch: approval.sets.get(*j)?,
                     or_branches,
                     signature: (&approval.signature.0, &approval.signature.1),
+                    nv: approval.nv.as_ref().map(|c| (c.index, c.value)),
                 })
             }),
             auth,
@@ -286,7 +288,8 @@ impl UnsealPlan {
             }
         }
         for (source, json) in candidates {
-            match crate::approval::verify(&json, &a.key, &a.policy_ref, &source) {
+            match crate::approval::verify(&json, &a.key, &a.policy_ref, a.counter.as_ref(), &source)
+            {
                 Ok(found) => a.found.push(found),
                 Err(why) => a.refused.push((source, why)),
             }

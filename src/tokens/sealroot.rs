@@ -11,6 +11,7 @@ use serde_json::Value;
 
 use super::{Fence, Finish, ParentSpec, PinDerivation, PlanError, UnsealPlan};
 use crate::approval::PolicyKey;
+use crate::tpm::nv::NvCounter;
 use crate::tpm::object::PublicArea;
 use crate::tpm::pcr::{PCR_COUNT, PcrBank};
 use crate::tpm::policy::{PolicySpec, pcr_values_digest};
@@ -70,6 +71,14 @@ struct TokenJson {
     /// hex policyRef of PolicyAuthorize.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tpm2_policy_ref: Option<String>,
+    /// Revocable approvals: the NV counter ("0x01535200"), its Name (hex) and the value
+    /// it held at the last `revoke` (what new approvals are signed for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_nv_counter: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_nv_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_nv_value: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +101,8 @@ pub struct SealrootToken {
     pub pin: Option<PinParams>,
     /// A signed policy: the key and policyRef; `pcrs` then holds only the fence.
     pub policy_key: Option<(PolicyKey, Vec<u8>)>,
+    /// The revocation counter of a signed policy, if any.
+    pub counter: Option<NvCounter>,
 }
 
 impl SealrootToken {
@@ -151,6 +162,9 @@ impl SealrootToken {
                 .as_ref()
                 .map(|(k, _)| B64.encode(k.template())),
             tpm2_policy_ref: self.policy_key.as_ref().map(|(_, r)| hex::encode(r)),
+            tpm2_nv_counter: self.counter.as_ref().map(|c| format!("0x{:08x}", c.index)),
+            tpm2_nv_name: self.counter.as_ref().map(|c| hex::encode(&c.name)),
+            tpm2_nv_value: self.counter.as_ref().map(|c| c.value),
         };
         // Serializing a struct of strings, numbers and maps with string keys cannot fail.
         serde_json::to_value(json).unwrap_or(Value::Null)
@@ -207,6 +221,28 @@ impl SealrootToken {
                 Some((key, policy_ref))
             }
             _ => return Err(bad("tpm2_policy_key and tpm2_policy_ref disagree".into())),
+        };
+        let counter = match (
+            &json.tpm2_nv_counter,
+            &json.tpm2_nv_name,
+            json.tpm2_nv_value,
+        ) {
+            (None, None, None) => None,
+            (Some(index), Some(name), Some(value)) if policy_key.is_some() => Some(NvCounter {
+                index: crate::trust::parse_nv_index(index)
+                    .ok_or_else(|| bad("tpm2_nv_counter is not an NV index".into()))?,
+                name: hex::decode(name)
+                    .ok()
+                    .filter(|n| n.len() == 34)
+                    .ok_or_else(|| bad("tpm2_nv_name is not a SHA-256 Name".into()))?,
+                value,
+            }),
+            _ => {
+                return Err(bad(
+                    "tpm2_nv_counter, tpm2_nv_name and tpm2_nv_value disagree (or no policy key)"
+                        .into(),
+                ));
+            }
         };
         let srk_handle =
             crate::trust::parse_persistent_handle(&json.tpm2_srk_handle).ok_or_else(|| {
@@ -291,6 +327,7 @@ impl SealrootToken {
             fence_pcr: json.fence_pcr,
             pin,
             policy_key,
+            counter,
         };
         if token.computed_policy() != token.policy_digest {
             return Err(bad(
@@ -337,6 +374,7 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
             key_public: key.template(),
             key,
             policy_ref,
+            counter: token.counter,
             found: Vec::new(),
             refused: Vec::new(),
             chosen: None,

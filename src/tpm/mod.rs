@@ -20,6 +20,7 @@ pub mod error;
 pub mod fence;
 mod import;
 pub mod lockout;
+pub mod nv;
 pub mod object;
 pub mod pcr;
 pub mod policy;

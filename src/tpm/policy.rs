@@ -10,6 +10,7 @@ use super::pcr::{PcrBank, pcr_selection_bytes};
 const TPM_CC_POLICY_PCR: u32 = 0x0000_017F;
 const TPM_CC_POLICY_AUTH_VALUE: u32 = 0x0000_016B;
 const TPM_CC_POLICY_AUTHORIZE: u32 = 0x0000_016A;
+const TPM_CC_POLICY_NV: u32 = 0x0000_0149;
 
 pub type PolicyDigest = [u8; 32];
 
@@ -92,6 +93,16 @@ impl PolicyBuilder {
         self.digest = vec![0u8; self.hash.digest_len()];
         self.extend(&[&TPM_CC_POLICY_AUTHORIZE.to_be_bytes(), key_name]);
         self.extend(&[policy_ref]);
+        self
+    }
+
+    /// PolicyNV(index == value) on an 8-byte counter named `nv_name`, offset 0.
+    pub fn nv_equals(mut self, nv_name: &[u8], value: u64) -> PolicyBuilder {
+        let mut args = value.to_be_bytes().to_vec();
+        args.extend_from_slice(&0u16.to_be_bytes()); // offset
+        args.extend_from_slice(&0u16.to_be_bytes()); // TPM_EO_EQ
+        let args = self.hash.hash(&args);
+        self.extend(&[&TPM_CC_POLICY_NV.to_be_bytes(), &args, nv_name]);
         self
     }
 

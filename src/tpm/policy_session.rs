@@ -64,6 +64,9 @@ impl Tpm {
         session: ESYS_TR,
         a: &Approved<'_>,
     ) -> Result<(), TpmError> {
+        if let Some((index, value)) = a.nv {
+            self.policy_nv(session, index, value)?;
+        }
         let expected = super::policy::pcr_values_digest(a.branch);
         let indexes: Vec<u32> = a.branch.iter().map(|(i, _)| *i).collect();
         self.policy_pcr(session, a.bank, &indexes, &expected)?;

@@ -271,6 +271,8 @@ pub struct Approved<'a> {
     pub or_branches: &'a [Vec<u8>],
     /// (r, s).
     pub signature: (&'a [u8], &'a [u8]),
+    /// PolicyNV(index == value) first, on revocable tokens.
+    pub nv: Option<(u32, u64)>,
 }
 
 /// Where the sealed object's parent comes from.

@@ -297,6 +297,7 @@ fn takes_tcti(args: &[&str]) -> bool {
             | Some(&"initrd-config")
             | Some(&"srk-public")
             | Some(&"first-boot")
+            | Some(&"revoke")
     ) && !args.contains(&"--tcti")
 }
 
