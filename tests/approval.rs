@@ -346,3 +346,31 @@ fn a_counter_is_never_made_offline() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert_eq!(f.image_hash(), before);
 }
+
+#[test]
+fn commands_per_unlock_with_an_approval() {
+    let f = Fixture::new();
+    let (private, public) = policy_key(&f, "admin");
+    enroll_signed(&f, &public, &[]);
+    assert_eq!(approve(&f.image, &private, &[&pcr7(&f)], &[]).code, 0);
+    let status = f.run(&["status", f.image.to_str().unwrap()]);
+    let name = status
+        .stdout
+        .split("Name ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("status names the SRK")
+        .to_string();
+    let bus = common::BusCapture::start(&f.tpm);
+    let r = f.unlock_test(&["--srk-name", &name, "--tcti", &bus.tcti()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // PCR_Read (which approval holds), Load, StartAuthSession, PolicyPCR, LoadExternal,
+    // VerifySignature, PolicyAuthorize, FlushContext (the key), PolicyPCR (the fence),
+    // Unseal, FlushContext (the object), PCR_Event.
+    assert_eq!(
+        bus.command_codes(),
+        [
+            0x17E, 0x157, 0x176, 0x17F, 0x167, 0x177, 0x165, 0x16A, 0x17F, 0x15E, 0x165, 0x13C
+        ]
+    );
+}
