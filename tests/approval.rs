@@ -55,6 +55,22 @@ fn approve(image: &Path, key: &Path, sets: &[&str], extra: &[&str]) -> common::R
     run(&args)
 }
 
+/// `enroll --srk-public SRK --policy-key PUBLIC`: sealed offline to a signed policy.
+fn enroll_offline(f: &Fixture, srk: &Path, public: &Path, extra: &[&str]) -> common::Run {
+    let mut args = vec![
+        "enroll",
+        f.image.to_str().unwrap(),
+        "--unlock-key-file",
+        f.passfile.to_str().unwrap(),
+        "--srk-public",
+        srk.to_str().unwrap(),
+        "--policy-key",
+        public.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    run(&args)
+}
+
 /// Enrolls with the policy key; nothing unlocks until an approval exists.
 fn enroll_signed(f: &Fixture, public: &Path, extra: &[&str]) {
     let mut args = vec!["--policy-key", public.to_str().unwrap()];
@@ -218,19 +234,12 @@ fn approval_files_and_offline_enrollment_with_a_pin() {
         0
     );
     let pin = f.write("pin", b"2468\n");
-    let r = run(&[
-        "enroll",
-        f.image.to_str().unwrap(),
-        "--unlock-key-file",
-        f.passfile.to_str().unwrap(),
-        "--srk-public",
-        srk.to_str().unwrap(),
-        "--policy-key",
-        public.to_str().unwrap(),
-        "--pin",
-        "--pin-file",
-        pin.to_str().unwrap(),
-    ]);
+    let r = enroll_offline(
+        &f,
+        &srk,
+        &public,
+        &["--pin", "--pin-file", pin.to_str().unwrap()],
+    );
     assert_eq!(r.code, 0, "{}", r.stderr);
     let file = f.path("approval.json");
     let r = approve(
@@ -332,17 +341,7 @@ fn a_counter_is_never_made_offline() {
         0
     );
     let before = f.image_hash();
-    let r = run(&[
-        "enroll",
-        f.image.to_str().unwrap(),
-        "--unlock-key-file",
-        f.passfile.to_str().unwrap(),
-        "--srk-public",
-        srk.to_str().unwrap(),
-        "--policy-key",
-        public.to_str().unwrap(),
-        "--revocable",
-    ]);
+    let r = enroll_offline(&f, &srk, &public, &["--revocable"]);
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert_eq!(f.image_hash(), before);
 }
@@ -353,14 +352,7 @@ fn commands_per_unlock_with_an_approval() {
     let (private, public) = policy_key(&f, "admin");
     enroll_signed(&f, &public, &[]);
     assert_eq!(approve(&f.image, &private, &[&pcr7(&f)], &[]).code, 0);
-    let status = f.run(&["status", f.image.to_str().unwrap()]);
-    let name = status
-        .stdout
-        .split("Name ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("status names the SRK")
-        .to_string();
+    let name = f.srk_name();
     let bus = common::BusCapture::start(&f.tpm);
     let r = f.unlock_test(&["--srk-name", &name, "--tcti", &bus.tcti()]);
     assert_eq!(r.code, 0, "{}", r.stderr);

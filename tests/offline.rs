@@ -147,15 +147,19 @@ fn the_same_blob_on_another_tpm_is_refused_with_exit_3() {
     let created = common::run(&["srk-public", "--out", "/dev/null", "--tcti", &other.tcti()]);
     assert_eq!(created.code, 0, "{}", created.stderr);
     let img = f.image.to_str().unwrap();
-    let r = common::run(&[
-        "unlock",
-        img,
-        "root",
-        "--test",
-        "--no-fence",
-        "--tcti",
-        &other.tcti(),
-    ]);
+    let other_tcti = other.tcti();
+    let on_other = || {
+        common::run(&[
+            "unlock",
+            img,
+            "root",
+            "--test",
+            "--no-fence",
+            "--tcti",
+            &other_tcti,
+        ])
+    };
+    let r = on_other();
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(
         r.stderr
@@ -179,15 +183,7 @@ fn the_same_blob_on_another_tpm_is_refused_with_exit_3() {
     t["tpm2_srk_public"] = B64.encode(std::fs::read(&other_pub).unwrap()).into();
     replace_token(&f.image, 0, &t);
     let edited = f.image_hash();
-    let r = common::run(&[
-        "unlock",
-        img,
-        "root",
-        "--test",
-        "--no-fence",
-        "--tcti",
-        &other.tcti(),
-    ]);
+    let r = on_other();
     assert_eq!(r.code, 3, "{}", r.stderr);
     assert!(
         r.stderr.contains("rejected the sealed key (Import"),
@@ -252,14 +248,7 @@ fn seven_tpm_commands_per_unlock_with_a_pinned_srk() {
     let srk = export_srk(&f, false);
     let values = pcr7_spec(&f);
     assert_eq!(enroll_offline(&mut f, &srk, &values, &[]).code, 0);
-    let status = f.run(&["status", f.image.to_str().unwrap()]);
-    let name = status
-        .stdout
-        .split("Name ")
-        .nth(1)
-        .and_then(|s| s.split_whitespace().next())
-        .expect("status names the SRK")
-        .to_string();
+    let name = f.srk_name();
     let bus = BusCapture::start(&f.tpm);
     let r = f.unlock_test(&["--srk-name", &name, "--tcti", &bus.tcti()]);
     assert_eq!(r.code, 0, "{}", r.stderr);

@@ -6,8 +6,8 @@
 
 use tss_esapi_sys::{
     ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, ESYS_TR_RH_OWNER, Esys_NV_DefineSpace,
-    Esys_NV_Increment, Esys_NV_Read, Esys_NV_ReadPublic, Esys_PolicyNV, Esys_TR_FromTPMPublic,
-    TPM2B_AUTH, TPM2B_MAX_NV_BUFFER, TPM2B_NAME, TPM2B_NV_PUBLIC, TPM2B_OPERAND,
+    Esys_NV_Increment, Esys_NV_Read, Esys_NV_ReadPublic, Esys_PolicyNV, TPM2B_AUTH,
+    TPM2B_MAX_NV_BUFFER, TPM2B_NAME, TPM2B_NV_PUBLIC, TPM2B_OPERAND,
 };
 
 use super::context::Tpm;
@@ -193,22 +193,6 @@ impl Tpm {
 
     /// An ESYS_TR for an NV index, None when the TPM has none there (NV_ReadPublic).
     fn nv_handle(&mut self, index: u32) -> Result<Option<ESYS_TR>, TpmError> {
-        let mut tr: ESYS_TR = ESYS_TR_NONE;
-        // SAFETY: tr receives a handle the caller closes.
-        let rc = unsafe {
-            Esys_TR_FromTPMPublic(
-                self.ctx,
-                index,
-                ESYS_TR_NONE,
-                ESYS_TR_NONE,
-                ESYS_TR_NONE,
-                &mut tr,
-            )
-        };
-        match check("TR_FromTPMPublic", rc) {
-            Ok(()) => Ok(Some(tr)),
-            Err((_, rc)) if classify(rc) == RcKind::Handle => Ok(None),
-            Err(e) => Err(generic(e)),
-        }
+        self.persistent(index)
     }
 }

@@ -140,8 +140,8 @@ impl Tpm {
         }
     }
 
-    /// The ESYS_TR of the object at a persistent handle (ESAPI sends ReadPublic), or None
-    /// when the handle is empty.
+    /// The ESYS_TR of the object at a persistent handle, or of an NV index (ESAPI sends
+    /// ReadPublic or NV_ReadPublic), or None when the handle is empty.
     pub(super) fn persistent(&mut self, handle: u32) -> Result<Option<ESYS_TR>, TpmError> {
         let mut tr: ESYS_TR = ESYS_TR_NONE;
         // SAFETY: tr receives a handle of this context.

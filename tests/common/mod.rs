@@ -282,6 +282,18 @@ impl Fixture {
         self.run(&["recover", img, "root", "--test", "--key-file", file])
     }
 
+    /// The SRK Name `status` prints for the image's token (what an initrd pins).
+    pub fn srk_name(&self) -> String {
+        let status = self.run(&["status", self.image.to_str().expect("utf8")]);
+        status
+            .stdout
+            .split("Name ")
+            .nth(1)
+            .and_then(|s| s.split_whitespace().next())
+            .expect("status names the SRK")
+            .to_string()
+    }
+
     pub fn image_hash(&self) -> String {
         file_hash(&self.image)
     }

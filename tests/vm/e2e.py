@@ -67,18 +67,22 @@ class Guest:
         os.makedirs(self.tpm_state, exist_ok=True)
         self.vars = os.path.join(work, "OVMF_VARS.fd")
         shutil.copyfile(OVMF_VARS, self.vars)
-        with open(os.path.join(guest_dir, "passphrase")) as f:
+        self.passfile = os.path.join(guest_dir, "passphrase")
+        with open(self.passfile) as f:
             self.passphrase = f.read()
         self.recovery_key = None
         self.boots = 0
 
     def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=(),
-             disk=None, extra=None, tpm_state=None):
+             disk=None, extra=None, tpm_state=None, extra_writable=False, kill_on=None,
+             kill_after=0.0):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
         failure); `pins`: what to type at successive PIN prompts (more prompts than answers
         is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc, read
-        only); `tpm_state`: another vTPM's state directory (another instance). Returns the
-        serial log with carriage returns removed."""
+        only unless `extra_writable`); `tpm_state`: another vTPM's state directory (another
+        instance). `kill_on`: a pattern of the console after which QEMU is killed (SIGKILL,
+        by its PID: a power cut), `kill_after` seconds later, instead of waiting for the
+        guest's power-off. Returns the serial log with carriage returns removed."""
         self.boots += 1
         cmdline = cmdline or self.cmdline
         disk = disk or self.disk
@@ -105,7 +109,8 @@ class Guest:
             "-drive", f"file={mode_img},format=raw,if=virtio,readonly=on",
         ]
         if extra:
-            cmd += ["-drive", f"file={extra},format=raw,if=virtio,readonly=on"]
+            cmd += ["-drive", "file=%s,format=raw,if=virtio%s"
+                    % (extra, "" if extra_writable else ",readonly=on")]
         if tpm:
             if os.path.exists(sock):
                 os.unlink(sock)
@@ -136,10 +141,19 @@ class Guest:
         # the PIN was wrong (systemd's agent also redraws the line it is asking on).
         awaiting_verdict = False
         prompt_while_awaiting = False
+        patterns = [PROMPT, "E2E-POWEROFF", pexpect.EOF, pexpect.TIMEOUT, PIN_PROMPT,
+                    "sealroot: wrong PIN"]
+        if kill_on is not None:
+            patterns.append(kill_on)
         try:
             while True:
-                i = child.expect([PROMPT, "E2E-POWEROFF", pexpect.EOF, pexpect.TIMEOUT,
-                                  PIN_PROMPT, "sealroot: wrong PIN"])
+                i = child.expect(patterns)
+                if i == 6:
+                    # Keep reading (and logging) the console until the plug is pulled.
+                    child.expect([pexpect.EOF, pexpect.TIMEOUT], timeout=kill_after)
+                    print(f"  {name}: QEMU killed {kill_after:.0f}s after /{kill_on}/",
+                          flush=True)
+                    break
                 if i == 5:
                     awaiting_verdict = False
                     # The console may show the new prompt before the verdict line.
@@ -258,6 +272,115 @@ def new_vtpm(state, srk_pub):
                 "srk-public's Name").group(1)
 
 
+def check_run(cmd, what, **kw):
+    """Runs a host command; its failure fails the test with its stderr."""
+    out = subprocess.run(cmd, capture_output=True, **kw)
+    if out.returncode != 0:
+        err = out.stderr.decode(errors="replace") if isinstance(out.stderr, bytes) else out.stderr
+        raise Failure(f"{what}: rc={out.returncode}: {err.strip()}")
+    return out
+
+
+def copy_sparse(src, dst):
+    subprocess.run(["cp", "--sparse=always", src, dst], check=True)
+
+
+def luks_json(image):
+    """The LUKS2 header's JSON metadata."""
+    out = check_run(["cryptsetup", "luksDump", "--dump-json-metadata", image],
+                    f"luksDump {image}", text=True)
+    return json.loads(out.stdout)
+
+
+def luks_tokens(image):
+    return [t for t in luks_json(image)["tokens"].values()]
+
+
+def volume_key(image, key_file):
+    """The volume key a keyslot opened by key_file's exact bytes unwraps (cryptsetup, on
+    the image file: no device-mapper)."""
+    out_file = image + ".vk"
+    if os.path.exists(out_file):
+        os.unlink(out_file)
+    try:
+        check_run(["cryptsetup", "luksDump", "-q", "--dump-volume-key", "--volume-key-file",
+                   out_file, "--key-file", key_file, image],
+                  f"dump the volume key of {image}")
+        with open(out_file, "rb") as f:
+            return f.read()
+    finally:
+        if os.path.exists(out_file):
+            os.unlink(out_file)
+
+
+def data_segment(image):
+    """(offset, sector size) of the one data segment of an image no longer re-encrypting,
+    after checking it is AES-XTS-plain64 with a 512-bit key, as the decryption below
+    assumes."""
+    meta = luks_json(image)
+    segs = meta["segments"]
+    if list(segs) != ["0"] or segs["0"]["type"] != "crypt":
+        raise Failure(f"{image}: data segments {segs}: expected one crypt segment")
+    seg = segs["0"]
+    if seg["encryption"] != "aes-xts-plain64" or seg["iv_tweak"] != "0":
+        raise Failure(f"{image}: cipher {seg['encryption']}, IV tweak {seg['iv_tweak']}: "
+                      "the check assumes aes-xts-plain64 from 0")
+    return int(seg["offset"]), int(seg["sector_size"])
+
+
+def xts_decryptor(key, sector):
+    """dm-crypt's aes-xts-plain64 for one sector: the IV is the sector number (in units of
+    the segment's sector size: LUKS2 sets iv_large_sectors), little-endian, 16 bytes."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    return Cipher(algorithms.AES(key), modes.XTS(sector.to_bytes(16, "little"))).decryptor()
+
+
+def has_ext4_magic(image, key):
+    """Whether the first sector of the data segment, decrypted with `key`, is the start of
+    an ext4 file system: the superblock's magic 0xEF53 (little-endian) at byte 1080."""
+    offset, sector_size = data_segment(image)
+    with open(image, "rb") as f:
+        f.seek(offset)
+        block = f.read(sector_size)
+    plain = xts_decryptor(key, 0).update(block)
+    return plain[1080:1082] == b"\x53\xef"
+
+
+def plaintext_digest(image, key):
+    """sha256 of the whole data segment decrypted with `key`, sector by sector (what the
+    guest's /dev/mapper device reads)."""
+    import hashlib
+    offset, sector_size = data_segment(image)
+    h = hashlib.sha256()
+    chunk = 256 * sector_size
+    with open(image, "rb") as f:
+        f.seek(offset)
+        sector = 0
+        while True:
+            data = f.read(chunk)
+            if not data:
+                break
+            if len(data) % sector_size:
+                raise Failure(f"{image}: data segment not a whole number of sectors")
+            for i in range(0, len(data), sector_size):
+                h.update(xts_decryptor(key, sector).update(data[i:i + sector_size]))
+                sector += 1
+    return h.hexdigest()
+
+
+def opens_image(image, key_file):
+    """Whether key_file's exact bytes open a keyslot of the image (sealroot recover
+    --test, on the file: no device-mapper)."""
+    out = subprocess.run([SEALROOT, "recover", image, "probe", "--test", "--key-file",
+                          key_file], capture_output=True, text=True)
+    return out.returncode == 0, (out.stderr.strip().splitlines() or [""])[-1]
+
+
+def uptime_at(text, marker):
+    m = re.search(marker + r" uptime=([0-9.]+)", text)
+    return float(m.group(1)) if m else None
+
+
 def sealroot_token(image):
     """(token id, token) of the first sealroot token on a LUKS2 image."""
     for tid in range(32):
@@ -288,7 +411,13 @@ def main():
     changed = g.cmdline + " e2e.changed=1"
     results = []
 
+    # Development aid: E2E_ONLY=REGEX runs only the scenarios whose title matches (those
+    # that need an earlier scenario's state fail without it).
+    only = re.compile(os.environ["E2E_ONLY"]) if os.environ.get("E2E_ONLY") else None
+
     def scenario(title, fn):
+        if only is not None and not only.search(title):
+            return
         t = time.monotonic()
         fn()
         results.append((title, time.monotonic() - t))
@@ -444,6 +573,266 @@ def main():
         finally:
             os.unlink(disk)
 
+    # Issue 13: one golden image, two instances. State shared by the golden scenarios.
+    gold = {}
+
+    def golden_image():
+        """The builder's side, on the host: a copy of the guest's pristine disk (the
+        passphrase keyslot only) marked by `sealroot provision --pcrs 4,9 --escrow` with
+        the recipient of an age identity made here. No TPM, no device-mapper. The
+        provisioning key, in the header in clear, opens the image (the control for the
+        checks that it opens no instance)."""
+        if not (os.path.isfile(SEALROOT) and os.access(SEALROOT, os.X_OK)):
+            raise Failure(f"no host sealroot at {SEALROOT} (make static, or set E2E_SEALROOT)")
+        d = os.path.join(g.work, "golden")
+        if os.path.exists(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+        gold["dir"] = d
+        gold["image"] = image = os.path.join(d, "golden.img")
+        copy_sparse(os.path.join(g.guest, "disk.img"), image)
+        gold["identity"] = identity = os.path.join(d, "builder.age")
+        check_run(["age-keygen", "-o", identity], "age-keygen")
+        recipient = check_run(["age-keygen", "-y", identity], "age-keygen -y",
+                              text=True).stdout.strip()
+        out = check_run([SEALROOT, "provision", image, "--unlock-key-file", g.passfile,
+                         "--pcrs", "4,9", "--escrow", recipient], "sealroot provision",
+                        text=True)
+        print(f"  host: {out.stderr.strip().splitlines()[-1]}; escrow to {recipient}",
+              flush=True)
+        tokens = [t for t in luks_tokens(image) if t.get("type") == "sealroot-provision"]
+        if len(tokens) != 1:
+            raise Failure(f"golden.img has {len(tokens)} provision tokens")
+        gold["provisioning_key"] = key = os.path.join(d, "provisioning.key")
+        with open(key, "w") as f:
+            f.write(tokens[0]["provisioning_key"])
+        ok, msg = opens_image(image, key)
+        if not ok:
+            raise Failure(f"the provisioning key does not open the golden image: {msg}")
+        gold["image_vk"] = volume_key(image, g.passfile)
+        if not has_ext4_magic(image, gold["image_vk"]):
+            raise Failure("the golden image's first sector, decrypted with its own key, is "
+                          "not an ext4 superblock: the sector check below would prove nothing")
+
+    def first_boot(name, disk, state):
+        """A golden instance's first boot in mode "provision": no prompt allowed, the
+        initrd provisions, the booted root re-encrypts (finish-provisioning, as the systemd
+        unit would) and prints the files' checksum. Returns the console log."""
+        text = g.boot(name, "provision", disk=disk, tpm_state=state, persist=True)
+        first_boot_asserts(text)
+        need(text, r"^E2E-STATUS .*first-boot provisioning pending: done so far "
+             r"\[new-key, sealed, escrowed, verified, reencrypt-started\]",
+             "provisioning pending after the initrd")
+        need(text, r"^E2E-STATUS re-encryption: in progress", "re-encryption set up")
+        need(text, r"^E2E-FINISHED rc=0 ", "finish-provisioning in the booted root")
+        after = "\n".join(re.findall(r"^E2E-STATUS-AFTER (.*)$", text, re.M))
+        if "provisioning pending" in after or "re-encryption:" in after or not after:
+            raise Failure(f"{name}: still pending after finish-provisioning:\n{after}")
+        need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+        return text
+
+    def first_boot_asserts(text):
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: provisioning this instance",
+             "provisioning in the initrd")
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: this instance's keys are in place",
+             "keys in place before the root")
+        need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
+
+    def golden_instance_a():
+        """Instance A's first boot: a copy of the golden image, a fresh vTPM state (no SRK:
+        provisioning creates it), no answer at any prompt. The initrd's `sealroot unlock`
+        provisions (new key, sealed to this TPM's PCRs 4 and 9, recovery key escrowed,
+        verified, re-encryption set up) and activates the root with the provisioning key;
+        in the booted root `sealroot finish-provisioning` re-encrypts online (timed), and
+        then nothing is pending. The files' checksum is compared with instance B's, taken
+        before any of its data moved (golden_instance_b)."""
+        gold["a"] = a = os.path.join(gold["dir"], "a.img")
+        copy_sparse(gold["image"], a)
+        gold["tpm_a"] = state = os.path.join(gold["dir"], "tpm-a")
+        os.makedirs(state)
+        text = first_boot("golden-a-first", a, state)
+        gold["a_first"] = text
+        gold["sums_a"] = need(text, r"^E2E-SUMS ([0-9a-f]{64}) ", "checksum").group(1)
+        # The second boot: the TPM unlocks it, no prompt; the builder's passphrase, tried
+        # from inside, opens nothing any more.
+        text = g.boot("golden-a-second", "check", disk=a, tpm_state=state)
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "TPM unlock")
+        if re.search(r"^E2E-KMSG .*provisioning", text, re.M):
+            raise Failure("the second boot provisioned again")
+        need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+        need(text, r"^E2E-PASSPHRASE-CHECK rc=[1-9]", "builder passphrase refused (cryptsetup)")
+        need(text, r"^E2E-RECOVER-CHECK rc=[1-9]", "builder passphrase refused (sealroot)")
+        gold["a_second"] = text
+
+    def golden_instance_b():
+        """Instance B (its own fresh vTPM): the first boot prints the files' checksum before
+        any data moves (the image's files, through the image's key), starts
+        finish-provisioning, and QEMU is killed (SIGKILL by PID: a power cut) part-way
+        through the data pass: 40% of instance A's pass time after it started. The header
+        must then still carry the online-reencrypt requirement, with part of the data
+        under the new key: really cut in the middle. The next boot resumes from the
+        initrd (provisioning key, libcryptsetup's recovery of the interrupted hotzone) and
+        the booted root finishes: same checksum as before the cut and as instance A. The
+        third boot unlocks with the TPM, no prompt."""
+        gold["b"] = b = os.path.join(gold["dir"], "b.img")
+        copy_sparse(gold["image"], b)
+        gold["tpm_b"] = state = os.path.join(gold["dir"], "tpm-b")
+        os.makedirs(state)
+        finish_a = gold.get("finish_seconds")
+        delay = float(os.environ.get("E2E_CUT_AFTER") or max(5.0, 0.4 * (finish_a or 50)))
+        text = g.boot("golden-b-cut", "provision-crash", disk=b, tpm_state=state,
+                      persist=True, kill_on="E2E-REENCRYPT-START", kill_after=delay)
+        first_boot_asserts(text)
+        before = need(text, r"^E2E-SUMS-BEFORE ([0-9a-f]{64}) ", "checksum before").group(1)
+        if "E2E-FINISHED" in text:
+            raise Failure("instance B finished re-encrypting before the power cut")
+        meta = luks_json(b)
+        reqs = meta["config"].get("requirements", {}).get("mandatory", [])
+        segs = {k: (v["type"], v["offset"], v["size"], v.get("flags", []))
+                for k, v in meta["segments"].items()}
+        print(f"  host after the cut: requirements {reqs}; segments {segs}", flush=True)
+        if not any(r.startswith("online-reencrypt") for r in reqs):
+            raise Failure(f"b.img after the cut: requirements {reqs}: not mid re-encryption")
+        data = [v for v in meta["segments"].values() if not v.get("flags")]
+        if len(data) < 2:
+            raise Failure(f"b.img after the cut: data segments {segs}: no data was moved yet "
+                          "(the cut came too early)")
+        text = first_boot("golden-b-resumed", b, state)
+        after = need(text, r"^E2E-SUMS ([0-9a-f]{64}) ", "checksum after").group(1)
+        gold["b_resumed"] = text
+        if not (before == after == gold.get("sums_a", after)):
+            raise Failure(f"file checksums differ: B before the cut {before}, B after {after}, "
+                          f"A {gold.get('sums_a')}")
+        gold["sums_b"] = after
+        text = g.boot("golden-b-third", "check", disk=b, tpm_state=state)
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "TPM unlock")
+        need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+
+    def golden_keys():
+        """On the host, on the instances' disk images: the provisioning key (read from the
+        golden image's token) and the builder's passphrase open neither instance (they do
+        open the golden image); each instance's escrow (`sealroot escrow show`), decrypted
+        with `age -d -i` and the builder's identity, opens that instance and not the other;
+        the volume keys of the image, A and B all differ; the image's key no longer
+        decrypts an instance's first data sector (an ext4 superblock with the instance's
+        own key, and with the image's key on the golden image); and each instance's whole
+        data segment, decrypted with its own key, is byte for byte the image's."""
+        d, image = gold["dir"], gold["image"]
+        for label in ("a", "b"):
+            img = gold[label]
+            for key, what in ((gold["provisioning_key"], "the provisioning key"),
+                              (g.passfile, "the builder's passphrase")):
+                ok, msg = opens_image(img, key)
+                if ok:
+                    raise Failure(f"{what} still opens instance {label.upper()}")
+                print(f"  host: {what} on {label}.img: {msg}", flush=True)
+            escrow = check_run([SEALROOT, "escrow", "show", img], f"escrow show {label}.img",
+                               text=True).stdout
+            with open(os.path.join(d, f"escrow-{label}.age"), "w") as f:
+                f.write(escrow)
+            rec = check_run(["age", "-d", "-i", gold["identity"],
+                             os.path.join(d, f"escrow-{label}.age")], f"age -d ({label})").stdout
+            if not re.fullmatch(rb"[a-z-]{71}\n?", rec):
+                raise Failure(f"the escrow of {label} does not decrypt to a recovery key")
+            gold[f"recovery_{label}"] = rec.decode().strip()
+            gold[f"recovery_{label}_file"] = rf = os.path.join(d, f"recovery-{label}.key")
+            with open(rf, "wb") as f:
+                f.write(rec)
+            ok, msg = opens_image(img, rf)
+            if not ok:
+                raise Failure(f"instance {label.upper()}'s escrowed key does not open it: {msg}")
+            meta = luks_json(img)
+            if meta["config"].get("requirements") or len(meta["keyslots"]) != 2 or any(
+                    t["type"] == "sealroot-provision" for t in meta["tokens"].values()):
+                raise Failure(f"{label}.img: keyslots {sorted(meta['keyslots'])}, tokens "
+                              f"{[t['type'] for t in meta['tokens'].values()]}, requirements "
+                              f"{meta['config'].get('requirements')}: not finished")
+            print(f"  host: {label}.img keyslots {sorted(meta['keyslots'])}, tokens "
+                  f"{sorted(t['type'] for t in meta['tokens'].values())}; recovery key "
+                  f"from its escrow: {msg}", flush=True)
+        for label, other in (("a", "b"), ("b", "a")):
+            ok, _ = opens_image(gold[label], gold[f"recovery_{other}_file"])
+            if ok:
+                raise Failure(f"instance {other.upper()}'s recovery key opens {label}.img")
+        vk_image = gold["image_vk"]
+        vk_a = volume_key(gold["a"], gold["recovery_a_file"])
+        vk_b = volume_key(gold["b"], gold["recovery_b_file"])
+        if len({vk_image, vk_a, vk_b}) != 3:
+            raise Failure("two of the volume keys (image, A, B) are the same")
+        print(f"  host: volume keys ({len(vk_a) * 8} bits) of the image, A and B all differ",
+              flush=True)
+        for label, vk in (("a", vk_a), ("b", vk_b)):
+            if not has_ext4_magic(gold[label], vk):
+                raise Failure(f"{label}.img's first data sector, decrypted with its own key, "
+                              "is not an ext4 superblock")
+            if has_ext4_magic(gold[label], vk_image):
+                raise Failure(f"the image's old volume key still decrypts {label}.img")
+        print("  host: first data sector + AES-XTS: ext4 magic 0xEF53 at byte 1080 with "
+              "golden.img/image key, a.img/A's key, b.img/B's key; not with the image's key "
+              "on a.img or b.img", flush=True)
+        digests = {"image": plaintext_digest(image, vk_image),
+                   "a": plaintext_digest(gold["a"], vk_a),
+                   "b": plaintext_digest(gold["b"], vk_b)}
+        if len(set(digests.values())) != 1:
+            raise Failure(f"decrypted data segments differ: {digests}")
+        print(f"  host: whole data segment decrypted: golden, A and B identical "
+              f"(sha256 {digests['a'][:16]}...)", flush=True)
+
+    def golden_recovery_and_figures():
+        """Instance A booted with another, fresh vTPM (its sealed key cannot unseal there):
+        the stock prompt, after the fence; the recovery key decrypted from A's escrow with
+        age, typed at it, opens the root. The same boot measures `cryptsetup reencrypt` on
+        a copy of the guest's pristine disk (/dev/vdc, same size, cipher and sector size)
+        with sealroot's parameters, online as finish-provisioning ran: the figures."""
+        state = os.path.join(gold["dir"], "tpm-other")
+        os.makedirs(state)
+        bench = os.path.join(gold["dir"], "bench.img")
+        copy_sparse(os.path.join(g.guest, "disk.img"), bench)
+        try:
+            text = g.boot("golden-a-recovery-key", "bench", disk=gold["a"], tpm_state=state,
+                          answer=gold["recovery_a"], extra=bench, extra_writable=True)
+        finally:
+            os.unlink(bench)
+        fence_before_prompt(text)
+        need(text, r"^E2E-KMSG .*sealroot: .*(this TPM has no key|storage key)",
+             "the sealed key refused under another vTPM")
+        need(text, r"^E2E-BENCH-OPEN rc=0", "cryptsetup open of the bench disk")
+        m = need(text, r"^E2E-CRYPTSETUP-REENCRYPT rc=0 seconds=([0-9.]+) bytes=(\d+)",
+                 "cryptsetup reencrypt in the guest")
+        golden_figures(float(m.group(1)), int(m.group(2)))
+
+    def golden_figures(cs_seconds, cs_bytes):
+        a1, a2 = gold["a_first"], gold["a_second"]
+        fin = need(a1, r"^E2E-FINISHED rc=0 seconds=([0-9.]+)", "finish time")
+        sr_seconds = float(fin.group(1))
+        sr_bytes = int(need(a1, r"^E2E-DATA-BYTES (\d+)", "data bytes").group(1))
+        mib = 1024 * 1024
+        lines = ["figures (guest under TCG, -cpu qemu64, 1 vCPU, no AES-NI):"]
+        root1, root2 = uptime_at(a1, "E2E-ROOT-REACHED"), uptime_at(a2, "E2E-ROOT-REACHED")
+        lines.append(f"first boot to the root {root1:.1f}s (uptime), second boot "
+                     f"{root2:.1f}s")
+        s1 = kmsg_time(a1, "sealroot: starting")
+        p1 = kmsg_time(a1, "keys are in place")
+        s2, u2 = kmsg_time(a2, "sealroot: starting"), kmsg_time(a2, "unlocked as ")
+        if None not in (s1, p1, s2, u2):
+            lines.append(f"initrd: sealroot start -> root mapped {p1 - s1:.2f}s when "
+                         f"provisioning, {u2 - s2:.2f}s for a TPM unlock")
+        lines.append(f"re-encryption: finish-provisioning {sr_bytes / mib:.0f} MiB in "
+                     f"{sr_seconds:.1f}s = {sr_bytes / mib / sr_seconds:.2f} MiB/s (online, "
+                     f"the mounted root); cryptsetup reencrypt {cs_bytes / mib:.0f} MiB in "
+                     f"{cs_seconds:.1f}s = {cs_bytes / mib / cs_seconds:.2f} MiB/s (online, "
+                     f"same parameters); sealroot/cryptsetup time ratio "
+                     f"{(sr_seconds / sr_bytes) / (cs_seconds / cs_bytes):.2f}")
+        b = gold.get("b_resumed")
+        if b:
+            fb = need(b, r"^E2E-FINISHED rc=0 seconds=([0-9.]+)", "resumed finish time")
+            lines.append(f"after the power cut: the resumed pass took {float(fb.group(1)):.1f}s")
+        sums = need(a1, r"^E2E-SUMS \S+ files=(\d+) seconds=([0-9.]+)", "sums")
+        lines.append(f"file checksum in the guest: {sums.group(1)} files in "
+                     f"{float(sums.group(2)):.1f}s")
+        for line in lines:
+            print(f"  {line}", flush=True)
+
     def fence_before_prompt(text):
         fence = text.find("sealroot: fence PCR 15 extended")
         prompt = PROMPT.search(text)
@@ -468,6 +857,20 @@ def main():
                      "no prompt; under another vTPM -> stock prompt (initramfs-tools only)",
                      offline_sealed)
         scenario("PIN asked through the initrd's prompt: wrong, then right", pin)
+        if flavour == "initramfs-tools":
+            scenario("9. golden image (initramfs-tools only): provisioned on the host, "
+                     "escrow to an age recipient", golden_image)
+            scenario("10. golden instance A (initramfs-tools only): first boot provisions "
+                     "with no input, re-encrypts after switch-root; second boot: TPM, no "
+                     "prompt", golden_instance_a)
+            scenario("11. golden instance B (initramfs-tools only): power cut mid "
+                     "re-encryption; the next boot finishes it, files intact; then TPM, no "
+                     "prompt", golden_instance_b)
+            scenario("12. golden instances on the host (initramfs-tools only): provisioning "
+                     "key opens neither; keys differ; the image key no longer decrypts; "
+                     "escrows decrypt with age", golden_keys)
+            scenario("13. golden instance A (initramfs-tools only): escrowed recovery key at "
+                     "the stock prompt; cryptsetup reencrypt figures", golden_recovery_and_figures)
     except Failure as e:
         print(f"FAIL ({flavour}): {e}", file=sys.stderr)
         return 1
