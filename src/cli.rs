@@ -193,6 +193,37 @@ pub enum Command {
         #[arg(long, conflicts_with = "out")]
         replace: bool,
     },
+    /// Predict the PCR values of the next boot from this boot's event log, with a new
+    /// kernel, initrd or command line; prints the JSON that --pcr-values reads.
+    #[command(after_help = EXIT_CODES)]
+    Predict {
+        /// The TCG event log (default: the kernel's copy of this boot's).
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+        )]
+        eventlog: PathBuf,
+        /// The next kernel (its Authenticode hash replaces the last EFI application in PCR 4).
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// The next initrd (EFI stub LoadFile2 measurement in PCR 9).
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// The next command line, exactly as the boot loader passes it (PCR 9; OVMF's
+        /// direct kernel boot adds " initrd=initrd" after -append).
+        #[arg(long, value_name = "STR")]
+        cmdline: Option<String>,
+        #[arg(long, value_name = "LIST", value_parser = parse_pcrs, default_value = "4,7,9")]
+        pcrs: PcrList,
+        #[arg(long, value_name = "BANK", default_value = "sha256", value_parser = clap::value_parser!(PcrBank))]
+        bank: PcrBank,
+        /// Replay the log unchanged and compare it with the live PCRs.
+        #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline"])]
+        verify: bool,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
     /// Retire every approval of the revocable tokens of DEVICE (their NV counter moves
     /// on); approve again afterwards.
     #[command(after_help = EXIT_CODES)]

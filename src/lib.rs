@@ -5,10 +5,12 @@
 //! `secret` owns secret bytes.
 
 pub mod approval;
+pub mod authenticode;
 pub mod cmd;
 pub mod console;
 pub mod error;
 pub mod escrow;
+pub mod eventlog;
 pub mod firstboot;
 pub mod input;
 pub mod luks;

@@ -7,8 +7,8 @@ use clap::Parser;
 
 use cli::{Cli, Command, EscrowAction};
 use sealroot::cmd::{
-    approve, enroll, escrow, fence, finish_provisioning, initrd_config, provision, recover, remove,
-    revoke, srk_public, status, unlock,
+    approve, enroll, escrow, fence, finish_provisioning, initrd_config, predict, provision,
+    recover, remove, revoke, srk_public, status, unlock,
 };
 use sealroot::console;
 use sealroot::error::{Error, exit};
@@ -229,6 +229,31 @@ fn run(command: Command) -> u8 {
                 for (token, place) in done {
                     eprintln!("sealroot: approval for token {token}: {place}");
                 }
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::Predict {
+            eventlog,
+            kernel,
+            initrd,
+            cmdline,
+            pcrs,
+            bank,
+            verify,
+            tcti,
+        } => match predict::run(&predict::PredictOptions {
+            eventlog,
+            kernel,
+            initrd,
+            cmdline,
+            pcrs: pcrs.0,
+            bank,
+            verify,
+            tcti: tcti.tcti,
+        }) {
+            Ok(text) => {
+                print!("{text}");
                 exit::OK
             }
             Err(e) => report(&e),

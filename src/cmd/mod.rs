@@ -7,6 +7,7 @@ pub mod escrow;
 pub mod fence;
 pub mod finish_provisioning;
 pub mod initrd_config;
+pub mod predict;
 pub mod provision;
 pub mod recover;
 pub mod remove;

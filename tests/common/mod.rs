@@ -310,6 +310,7 @@ fn takes_tcti(args: &[&str]) -> bool {
             | Some(&"srk-public")
             | Some(&"first-boot")
             | Some(&"revoke")
+            | Some(&"predict")
     ) && !args.contains(&"--tcti")
 }
 

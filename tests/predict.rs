@@ -1,0 +1,220 @@
+//! `predict`: the Authenticode hash against pesign on real EFI binaries (systemd-boot and
+//! its EFI stub, from Debian's systemd-boot-efi), and the event log replay against a swtpm
+//! that tpm2-tools extended the way firmware does: the predicted values are what the TPM
+//! holds after the "next boot".
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Fixture, checked, run};
+use sealroot::tpm::pcr::PcrBank;
+
+const EFI_BINARIES: &[&str] = &[
+    "/usr/lib/systemd/boot/efi/systemd-bootx64.efi",
+    "/usr/lib/systemd/boot/efi/linuxx64.efi.stub",
+];
+const EV_SEPARATOR: u32 = 4;
+const EV_EVENT_TAG: u32 = 6;
+const EV_EFI_BOOT_SERVICES_APPLICATION: u32 = 0x8000_0003;
+
+fn pesign_hash(file: &str) -> String {
+    let out = checked(Command::new("pesign").args(["-h", "-i", file]));
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    text.split_whitespace()
+        .last()
+        .expect("pesign prints the hash")
+        .to_string()
+}
+
+#[test]
+fn authenticode_hash_matches_pesign() {
+    for file in EFI_BINARIES {
+        let image = std::fs::read(file).expect("systemd-boot-efi must be installed (make deps)");
+        let ours = sealroot::authenticode::pe_hash(&image, PcrBank::Sha256).unwrap();
+        assert_eq!(hex::encode(ours), pesign_hash(file), "{file}");
+    }
+}
+
+/// A crypto-agile log (SHA-256 bank) as firmware writes it, for these events.
+fn log(events: &[(u32, u32, Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.extend_from_slice(&3u32.to_le_bytes());
+    out.extend_from_slice(&[0u8; 20]);
+    let mut spec = b"Spec ID Event03\0".to_vec();
+    spec.extend_from_slice(&0u32.to_le_bytes());
+    spec.extend_from_slice(&[0, 2, 0, 2]);
+    spec.extend_from_slice(&1u32.to_le_bytes());
+    spec.extend_from_slice(&0x000bu16.to_le_bytes());
+    spec.extend_from_slice(&32u16.to_le_bytes());
+    spec.push(0);
+    out.extend_from_slice(&(spec.len() as u32).to_le_bytes());
+    out.extend_from_slice(&spec);
+    for (pcr, kind, digest, data) in events {
+        out.extend_from_slice(&pcr.to_le_bytes());
+        out.extend_from_slice(&kind.to_le_bytes());
+        out.extend_from_slice(&1u32.to_le_bytes());
+        out.extend_from_slice(&0x000bu16.to_le_bytes());
+        out.extend_from_slice(digest);
+        out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        out.extend_from_slice(data);
+    }
+    out
+}
+
+fn tagged(tag: u32, text: &[u8]) -> Vec<u8> {
+    let mut d = tag.to_le_bytes().to_vec();
+    d.extend_from_slice(&(text.len() as u32).to_le_bytes());
+    d.extend_from_slice(text);
+    d
+}
+
+fn utf16z(s: &str) -> Vec<u8> {
+    let mut v: Vec<u8> = s.encode_utf16().flat_map(|c| c.to_le_bytes()).collect();
+    v.extend_from_slice(&[0, 0]);
+    v
+}
+
+fn sha256(data: &[u8]) -> Vec<u8> {
+    PcrBank::Sha256.hash(data)
+}
+
+/// Extends the swtpm as the firmware and the EFI stub would for a boot of these parts.
+fn boot(f: &Fixture, kernel: &str, initrd: &[u8], cmdline: &str) {
+    for (pcr, digest) in [
+        (4, sha256(&[0, 0, 0, 0])),
+        (4, hex::decode(pesign_hash(kernel)).unwrap()),
+        (9, sha256(initrd)),
+        (9, sha256(&utf16z(cmdline))),
+    ] {
+        f.tpm.tools(&[
+            "tpm2_pcrextend",
+            &format!("{pcr}:sha256={}", hex::encode(digest)),
+        ]);
+    }
+}
+
+fn events(kernel: &[u8], initrd: &[u8], cmdline: &str) -> Vec<(u32, u32, Vec<u8>, Vec<u8>)> {
+    vec![
+        (4, EV_SEPARATOR, sha256(&[0, 0, 0, 0]), vec![0, 0, 0, 0]),
+        (
+            4,
+            EV_EFI_BOOT_SERVICES_APPLICATION,
+            sealroot::authenticode::pe_hash(kernel, PcrBank::Sha256).unwrap(),
+            b"kernel device path".to_vec(),
+        ),
+        (
+            9,
+            EV_EVENT_TAG,
+            sha256(initrd),
+            tagged(0x8F3B_22EC, b"Linux initrd\0"),
+        ),
+        (
+            9,
+            EV_EVENT_TAG,
+            sha256(&utf16z(cmdline)),
+            tagged(0x8F3B_22ED, b"LOADED_IMAGE::LoadOptions\0"),
+        ),
+    ]
+}
+
+#[test]
+fn verify_then_predict_the_next_boot() {
+    let mut f = Fixture::new();
+    let (kernel_a, kernel_b) = (EFI_BINARIES[0], EFI_BINARIES[1]);
+    let image_a = std::fs::read(kernel_a).unwrap();
+    boot(&f, kernel_a, b"initrd one", "root=/dev/vda ro");
+    let log_file = f.write(
+        "eventlog",
+        &log(&events(&image_a, b"initrd one", "root=/dev/vda ro")),
+    );
+    let log_s = log_file.to_str().unwrap();
+    let r = f.run(&["predict", "--eventlog", log_s, "--verify", "--pcrs", "4,9"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+
+    // The next boot: another kernel, initrd and command line.
+    let initrd_b = f.write("initrd-b", b"initrd two");
+    let r = run(&[
+        "predict",
+        "--eventlog",
+        log_s,
+        "--kernel",
+        kernel_b,
+        "--initrd",
+        initrd_b.to_str().unwrap(),
+        "--cmdline",
+        "root=/dev/vda ro quiet",
+        "--pcrs",
+        "4,9",
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let predicted: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    f.tpm.reset();
+    boot(&f, kernel_b, b"initrd two", "root=/dev/vda ro quiet");
+    for pcr in [4, 9] {
+        assert_eq!(
+            predicted["pcr_values"][pcr.to_string()].as_str().unwrap(),
+            hex::encode(f.tpm.read(pcr)),
+            "PCR {pcr}"
+        );
+    }
+    // The prediction is what enroll reads.
+    let values = f.write("next.json", r.stdout.as_bytes());
+    assert!(Path::new(&values).exists());
+    let srk = f.path("srk.pub");
+    assert_eq!(
+        f.run(&["srk-public", "--out", srk.to_str().unwrap()]).code,
+        0
+    );
+    let r = run(&[
+        "enroll",
+        f.image.to_str().unwrap(),
+        "--unlock-key-file",
+        f.passfile.to_str().unwrap(),
+        "--srk-public",
+        srk.to_str().unwrap(),
+        "--pcr-values",
+        values.to_str().unwrap(),
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    assert_eq!(f.unlock_test(&["--no-fence"]).code, 0);
+}
+
+#[test]
+fn a_log_that_does_not_replay_is_an_error() {
+    let f = Fixture::new();
+    let image = std::fs::read(EFI_BINARIES[0]).unwrap();
+    // The TPM saw a different command line than the log says.
+    boot(&f, EFI_BINARIES[0], b"initrd", "root=/dev/vda");
+    let log_file = f.write(
+        "eventlog",
+        &log(&events(&image, b"initrd", "root=/dev/sda")),
+    );
+    let r = f.run(&[
+        "predict",
+        "--eventlog",
+        log_file.to_str().unwrap(),
+        "--verify",
+        "--pcrs",
+        "4,9",
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stdout.contains("PCR 4: the log replays") || r.stderr.contains("PCR 4: the log replays"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert!(r.stderr.contains("PCR(s) [9]"), "{}", r.stderr);
+    let broken = f.write("broken", b"not an event log at all, really not");
+    let r = f.run(&[
+        "predict",
+        "--eventlog",
+        broken.to_str().unwrap(),
+        "--verify",
+    ]);
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("Spec ID"), "{}", r.stderr);
+}
