@@ -9,6 +9,7 @@ Every process started here (qemu, swtpm) is stopped by its PID, also on failure.
 """
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,11 @@ import sys
 import time
 
 import pexpect
+
+try:  # python3-cryptography: AES-XTS for the golden image's checks on the host
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+except ImportError:
+    Cipher = None
 
 OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd"
 OVMF_VARS = "/usr/share/OVMF/OVMF_VARS_4M.fd"
@@ -79,14 +85,17 @@ class Guest:
 
     def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=(),
              disk=None, extra=None, tpm_state=None, extra_writable=False, kill_on=None,
-             kill_after=0.0):
+             kill_after=0.0, timeout=None):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
         failure); `pins`: what to type at successive PIN prompts (more prompts than answers
-        is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc, read
-        only unless `extra_writable`); `tpm_state`: another vTPM's state directory (another
-        instance). `kill_on`: a pattern of the console after which QEMU is killed (SIGKILL,
-        by its PID: a power cut), `kill_after` seconds later, instead of waiting for the
-        guest's power-off. Returns the serial log with carriage returns removed."""
+        is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc), or a
+        list of disks (/dev/vdc, /dev/vdd, ...), read only unless `extra_writable`;
+        `tpm_state`: another vTPM's state directory (another instance). `kill_on`: a
+        pattern of the console after which QEMU is killed (SIGKILL, by its PID: a power
+        cut), `kill_after` seconds later, instead of waiting for the guest's power-off.
+        `timeout`: the boot's limit in seconds (default BOOT_TIMEOUT). Returns the serial
+        log with carriage returns removed."""
+        timeout = timeout or BOOT_TIMEOUT
         self.boots += 1
         cmdline = cmdline or self.cmdline
         disk = disk or self.disk
@@ -112,9 +121,9 @@ class Guest:
             % (disk, "" if persist else ",snapshot=on"),
             "-drive", f"file={mode_img},format=raw,if=virtio,readonly=on",
         ]
-        if extra:
+        for path in [extra] if isinstance(extra, str) else (extra or []):
             cmd += ["-drive", "file=%s,format=raw,if=virtio%s"
-                    % (extra, "" if extra_writable else ",readonly=on")]
+                    % (path, "" if extra_writable else ",readonly=on")]
         if tpm:
             if os.path.exists(sock):
                 os.unlink(sock)
@@ -134,7 +143,7 @@ class Guest:
                     "-device", "tpm-crb,tpmdev=tpm0"]
         started = time.monotonic()
         child = pexpect.spawn(cmd[0], cmd[1:], encoding="utf-8", codec_errors="replace",
-                              timeout=BOOT_TIMEOUT)
+                              timeout=timeout)
         # logfile_read only: what we type (a passphrase) never reaches the log.
         log = open(log_path, "w")
         child.logfile_read = log
@@ -186,7 +195,7 @@ class Guest:
                 elif i == 2:
                     break
                 else:
-                    raise Failure(f"{name}: no power-off within {BOOT_TIMEOUT}s")
+                    raise Failure(f"{name}: no power-off within {timeout}s")
         finally:
             stop(child.pid)
             child.close(force=True)
@@ -234,41 +243,59 @@ def free_port_pair():
     raise Failure("no free pair of TCP ports for swtpm")
 
 
+class HostSwtpm:
+    """A swtpm on 127.0.0.1 for the host's sealroot (`with HostSwtpm(state) as tcti:`),
+    powered on and started; stopped by its PID on exit, also on failure."""
+
+    def __init__(self, state):
+        self.state = state
+        self.swtpm = None
+
+    def __enter__(self):
+        os.makedirs(self.state, exist_ok=True)
+        port = free_port_pair()
+        self.swtpm = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={self.state}",
+             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
+             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
+             "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(100):
+                if self.swtpm.poll() is not None:
+                    raise Failure(f"swtpm on {self.state} exited ({self.swtpm.returncode})")
+                try:
+                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                    break
+                except OSError:
+                    time.sleep(0.05)
+            else:
+                raise Failure(f"swtpm on {self.state} did not listen on port {port}")
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return f"swtpm:host=127.0.0.1,port={port}"
+
+    def __exit__(self, *exc):
+        # By its PID; SIGTERM lets swtpm exit cleanly (it writes its state as the TPM
+        # changes it, so a persisted SRK is already on disk).
+        try:
+            self.swtpm.terminate()
+            self.swtpm.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            stop(self.swtpm.pid)
+            self.swtpm.wait()
+        return False
+
+
 def new_vtpm(state, srk_pub):
     """A new instance's vTPM before its first boot: a fresh swtpm state in `state`, its SRK
     created and persisted by the host's `sealroot srk-public`, which writes the SRK's
     TPM2B_PUBLIC to `srk_pub`. Returns the SRK's Name as sealroot printed it."""
     os.makedirs(state)
-    port = free_port_pair()
-    swtpm = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-         "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-         "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-         "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            if swtpm.poll() is not None:
-                raise Failure(f"swtpm on {state} exited ({swtpm.returncode})")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
-        else:
-            raise Failure(f"swtpm on {state} did not listen on port {port}")
-        out = subprocess.run([SEALROOT, "srk-public", "--out", srk_pub,
-                              "--tcti", f"swtpm:host=127.0.0.1,port={port}"],
+    with HostSwtpm(state) as tcti:
+        out = subprocess.run([SEALROOT, "srk-public", "--out", srk_pub, "--tcti", tcti],
                              capture_output=True, text=True)
-    finally:
-        # By its PID; SIGTERM lets swtpm exit cleanly (it writes its state as the TPM
-        # changes it, so the persisted SRK is already on disk).
-        try:
-            swtpm.terminate()
-            swtpm.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            stop(swtpm.pid)
-            swtpm.wait()
     if out.returncode != 0:
         raise Failure(f"sealroot srk-public on {state}: rc={out.returncode}: "
                       f"{out.stderr.strip()}")
@@ -336,7 +363,8 @@ def xts_decryptor(key, offset):
     """dm-crypt's aes-xts-plain64 for the sector at byte `offset` of the data segment: the
     IV is the offset in 512-byte units whatever the sector size (LUKS2 does not set
     iv_large_sectors), little-endian, 16 bytes."""
-    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    if Cipher is None:
+        raise Failure("python3-cryptography is missing (./scripts/deps.sh e2e)")
     iv = (offset // 512).to_bytes(16, "little")
     return Cipher(algorithms.AES(key), modes.XTS(iv)).decryptor()
 
@@ -355,7 +383,6 @@ def has_ext4_magic(image, key):
 def plaintext_digest(image, key):
     """sha256 of the whole data segment decrypted with `key`, sector by sector (what the
     guest's /dev/mapper device reads)."""
-    import hashlib
     offset, sector_size = data_segment(image)
     h = hashlib.sha256()
     chunk = 256 * sector_size
@@ -624,7 +651,8 @@ def main():
         """A golden instance's first boot in mode "provision": no prompt allowed, the
         initrd provisions, the booted root re-encrypts (finish-provisioning, as the systemd
         unit would) and prints the files' checksum. Returns the console log."""
-        text = g.boot(name, "provision", disk=disk, tpm_state=state, persist=True)
+        text = g.boot(name, "provision", disk=disk, tpm_state=state, persist=True,
+                      timeout=2 * BOOT_TIMEOUT)
         first_boot_asserts(text)
         need(text, r"^E2E-STATUS .*first-boot provisioning pending: done so far "
              r"\[new-key, sealed, escrowed, verified, reencrypt-started\]",
@@ -675,9 +703,10 @@ def main():
     def golden_instance_b():
         """Instance B (its own fresh vTPM): the first boot prints the files' checksum before
         any data moves (the image's files, through the image's key), starts
-        finish-provisioning and, after 30% of instance A's pass time, waits until a hotzone
-        is being rewritten (a data segment flagged in-reencryption in the header) and says
-        so; QEMU is killed on that line (SIGKILL by PID: a power cut). On the host the
+        finish-provisioning and, after 30% of instance A's pass time, waits until the next
+        hotzone starts being rewritten (a data segment newly flagged in-reencryption in the
+        header) and says so; QEMU is killed on that line (SIGKILL by PID: a power cut),
+        with most of that hotzone's rewrite still to come. On the host the
         header must then show the cut: the online-reencrypt requirement, the hotzone
         flagged, data already under the new key before it, and `sealroot status` saying
         "interrupted". The next boot resumes from the initrd (provisioning key;
@@ -690,7 +719,8 @@ def main():
         os.makedirs(state)
         wait = round(max(5.0, 0.3 * gold.get("finish_seconds", 60)))
         text = g.boot("golden-b-cut", f"provision-crash {wait}", disk=b, tpm_state=state,
-                      persist=True, kill_on="E2E-IN-HOTZONE", kill_after=0)
+                      persist=True, kill_on="E2E-IN-HOTZONE", kill_after=0,
+                      timeout=2 * BOOT_TIMEOUT)
         first_boot_asserts(text)
         before = need(text, r"^E2E-SUMS-BEFORE ([0-9a-f]{64}) ", "checksum before").group(1)
         need(text, r"^E2E-IN-HOTZONE", "a hotzone in flight at the cut")
@@ -709,6 +739,7 @@ def main():
         if len(hot) != 1 or int(hot[0]["offset"]) <= first:
             raise Failure(f"b.img after the cut: segments {segs}: expected a hotzone in flight "
                           "after data already under the new key")
+        gold["cut_done"] = int(hot[0]["offset"]) - first
         status = subprocess.run([SEALROOT, "status", b], capture_output=True, text=True)
         need(status.stdout, r"^re-encryption: interrupted", "sealroot status after the cut")
         print(f"  host: sealroot status b.img: "
@@ -722,6 +753,8 @@ def main():
         gold["sums_b"] = after
         text = g.boot("golden-b-third", "check", disk=b, tpm_state=state)
         need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "TPM unlock")
+        if re.search(r"^E2E-KMSG .*provisioning", text, re.M):
+            raise Failure("the third boot provisioned again")
         need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
 
     def golden_keys():
@@ -797,60 +830,78 @@ def main():
     def golden_recovery_and_figures():
         """Instance A booted with another, fresh vTPM (its sealed key cannot unseal there):
         the stock prompt, after the fence; the recovery key decrypted from A's escrow with
-        age, typed at it, opens the root. The same boot measures `cryptsetup reencrypt` on
-        a copy of the guest's pristine disk (/dev/vdc, same size, cipher and sector size)
-        with sealroot's parameters, online as finish-provisioning ran: the figures."""
+        age, typed at it, opens the root. The same boot times `cryptsetup reencrypt` and
+        sealroot's data pass back to back on two copies of the guest's disk cut to the same
+        size (E2E_BENCH_MIB of data), both offline with the same parameters: the pristine
+        disk, and the golden image whose first-boot part the host did with `sealroot
+        first-boot` and a throwaway swtpm. Prints the figures."""
         state = os.path.join(gold["dir"], "tpm-other")
         os.makedirs(state)
-        bench = os.path.join(gold["dir"], "bench.img")
-        copy_sparse(os.path.join(g.guest, "disk.img"), bench)
-        # Its own UUID: the initrd finds the root by UUID.
-        check_run(["cryptsetup", "luksUUID", "-q", "--uuid", str(uuid.uuid4()), bench],
-                  "new UUID for the bench disk")
-        if BENCH_MIB:
-            # The first BENCH_MIB MiB of the data segment only (the rate is per byte).
-            offset, _ = data_segment(bench)
-            os.truncate(bench, offset + BENCH_MIB * 1024 * 1024)
+        cs = os.path.join(gold["dir"], "bench-cryptsetup.img")
+        sr = os.path.join(gold["dir"], "bench-sealroot.img")
+        copy_sparse(os.path.join(g.guest, "disk.img"), cs)
+        copy_sparse(gold["image"], sr)
         try:
+            for img in (cs, sr):
+                # Their own UUIDs (the initrd finds the root by UUID), the same size.
+                check_run(["cryptsetup", "luksUUID", "-q", "--uuid", str(uuid.uuid4()), img],
+                          "new UUID for a bench disk")
+                if BENCH_MIB:
+                    offset, _ = data_segment(img)
+                    os.truncate(img, offset + BENCH_MIB * 1024 * 1024)
+            with HostSwtpm(os.path.join(gold["dir"], "tpm-bench")) as tcti:
+                check_run([SEALROOT, "first-boot", sr, "--tcti", tcti],
+                          "sealroot first-boot on the bench copy")
+            st = check_run([SEALROOT, "status", sr], "status", text=True).stdout
+            need(st, r"^re-encryption: in progress", "bench copy set up for its data pass")
             text = g.boot("golden-a-recovery-key", "bench", disk=gold["a"], tpm_state=state,
-                          answer=gold["recovery_a"], extra=bench, extra_writable=True)
+                          answer=gold["recovery_a"], extra=[cs, sr], extra_writable=True,
+                          timeout=2 * BOOT_TIMEOUT)
         finally:
-            os.unlink(bench)
+            for img in (cs, sr):
+                os.unlink(img)
         fence_before_prompt(text)
         need(text, r"^E2E-KMSG .*sealroot: .*(this TPM has no key|storage key)",
              "the sealed key refused under another vTPM")
-        need(text, r"^E2E-BENCH-OPEN rc=0", "cryptsetup open of the bench disk")
-        m = need(text, r"^E2E-CRYPTSETUP-REENCRYPT rc=0 seconds=([0-9.]+) bytes=(\d+)",
+        c = need(text, r"^E2E-CRYPTSETUP-REENCRYPT rc=0 seconds=([0-9.]+) bytes=(\d+)",
                  "cryptsetup reencrypt in the guest")
-        golden_figures(float(m.group(1)), int(m.group(2)))
+        r = need(text, r"^E2E-SEALROOT-REENCRYPT rc=0 seconds=([0-9.]+) bytes=(\d+)",
+                 "sealroot finish-provisioning (offline) in the guest")
+        golden_figures((float(c.group(1)), int(c.group(2))),
+                       (float(r.group(1)), int(r.group(2))))
 
-    def golden_figures(cs_seconds, cs_bytes):
+    def golden_figures(cs, sr):
+        """cs, sr: (seconds, bytes) of cryptsetup's and sealroot's offline passes."""
         a1, a2 = gold["a_first"], gold["a_second"]
         fin = need(a1, r"^E2E-FINISHED rc=0 seconds=([0-9.]+)", "finish time")
-        sr_seconds = float(fin.group(1))
-        sr_bytes = int(need(a1, r"^E2E-DATA-BYTES (\d+)", "data bytes").group(1))
+        online_seconds = float(fin.group(1))
+        online_bytes = int(need(a1, r"^E2E-DATA-BYTES (\d+)", "data bytes").group(1))
         mib = 1024 * 1024
-        lines = ["figures (guest under TCG, -cpu qemu64, 1 vCPU, no AES-NI):"]
+
+        def rate(seconds, nbytes):
+            return (f"{nbytes / mib:.0f} MiB in {seconds:.1f}s = "
+                    f"{nbytes / mib / seconds:.2f} MiB/s")
+
+        lines = ["figures (guest under TCG, -cpu qemu64: no AES-NI; 1 vCPU):"]
         root1, root2 = uptime_at(a1, "E2E-ROOT-REACHED"), uptime_at(a2, "E2E-ROOT-REACHED")
-        lines.append(f"first boot to the root {root1:.1f}s (uptime), second boot "
-                     f"{root2:.1f}s")
+        lines.append(f"time to the root (guest uptime): first boot {root1:.1f}s, second "
+                     f"boot {root2:.1f}s")
         s1 = kmsg_time(a1, "sealroot: starting")
         p1 = kmsg_time(a1, "keys are in place")
         s2, u2 = kmsg_time(a2, "sealroot: starting"), kmsg_time(a2, "unlocked as ")
         if None not in (s1, p1, s2, u2):
-            lines.append(f"initrd: sealroot start -> root mapped {p1 - s1:.2f}s when "
-                         f"provisioning, {u2 - s2:.2f}s for a TPM unlock")
-        lines.append(f"re-encryption: finish-provisioning {sr_bytes / mib:.0f} MiB in "
-                     f"{sr_seconds:.1f}s = {sr_bytes / mib / sr_seconds:.2f} MiB/s (online, "
-                     f"the mounted root); cryptsetup reencrypt {cs_bytes / mib:.0f} MiB in "
-                     f"{cs_seconds:.1f}s = {cs_bytes / mib / cs_seconds:.2f} MiB/s (online, "
-                     f"same parameters, {'all' if not BENCH_MIB else 'the first part'} of a "
-                     f"copy of the same disk); time per byte sealroot/cryptsetup "
-                     f"{(sr_seconds / sr_bytes) / (cs_seconds / cs_bytes):.2f}")
+            lines.append(f"initrd, sealroot start -> root mapped: {p1 - s1:.2f}s provisioning "
+                         f"(first boot), {u2 - s2:.2f}s TPM unlock (second boot)")
+        lines.append(f"first boot's data pass (finish-provisioning, online, the mounted root): "
+                     f"{rate(online_seconds, online_bytes)}")
+        lines.append(f"same boot, offline, equal copies: cryptsetup reencrypt {rate(*cs)}; "
+                     f"sealroot finish-provisioning {rate(*sr)}; time per byte "
+                     f"sealroot/cryptsetup {(sr[0] / sr[1]) / (cs[0] / cs[1]):.2f}")
         b = gold.get("b_resumed")
         if b:
             fb = need(b, r"^E2E-FINISHED rc=0 seconds=([0-9.]+)", "resumed finish time")
-            lines.append(f"after the power cut: the resumed pass took {float(fb.group(1)):.1f}s")
+            lines.append(f"power cut with {gold['cut_done'] / mib:.0f} MiB done: the next "
+                         f"boot's pass (the rest) took {float(fb.group(1)):.1f}s")
         sums = need(a1, r"^E2E-SUMS \S+ files=(\d+) seconds=([0-9.]+)", "sums")
         lines.append(f"file checksum in the guest: {sums.group(1)} files in "
                      f"{float(sums.group(2)):.1f}s")
