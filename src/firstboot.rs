@@ -82,8 +82,13 @@ pub fn run(
         return Ok(Some(vk));
     }
     console::progress(&format!(
-        "{}: provisioning this instance",
-        p.vol.path().display()
+        "{}: {} this instance",
+        p.vol.path().display(),
+        if t.done.is_empty() {
+            "provisioning"
+        } else {
+            "resuming the provisioning of"
+        }
     ));
     crash_point("opened");
     p.drop_pending(&mut t)?;

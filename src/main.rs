@@ -315,7 +315,10 @@ fn run(command: Command) -> u8 {
                     eprintln!("sealroot: nothing to finish");
                     exit::OK
                 }
-                Ok(_) => exit::OK,
+                Ok(n) => {
+                    eprintln!("sealroot: provisioning finished on {n} volume(s)");
+                    exit::OK
+                }
                 Err(e) => report(&e),
             }
         }

@@ -156,8 +156,10 @@ impl Volume {
                 slots
                     .iter()
                     .filter_map(|(k, v)| {
+                        // The re-encryption keyslot has no KDF: it holds progress, not a key.
                         let kdf = v
                             .pointer("/kdf/type")
+                            .or_else(|| v.get("type"))
                             .and_then(Value::as_str)
                             .unwrap_or("?")
                             .to_string();

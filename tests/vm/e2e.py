@@ -666,8 +666,8 @@ def main():
         return text
 
     def first_boot_asserts(text):
-        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: provisioning this instance",
-             "provisioning in the initrd")
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: (provisioning|resuming the provisioning "
+             r"of) this instance", "provisioning in the initrd")
         need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: this instance's keys are in place",
              "keys in place before the root")
         need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
