@@ -85,7 +85,7 @@ class Guest:
 
     def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=(),
              disk=None, extra=None, tpm_state=None, extra_writable=False, kill_on=None,
-             kill_after=0.0, timeout=None):
+             kill_after=0.0, timeout=None, initrd=None):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
         failure); `pins`: what to type at successive PIN prompts (more prompts than answers
         is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc), or a
@@ -93,8 +93,8 @@ class Guest:
         `tpm_state`: another vTPM's state directory (another instance). `kill_on`: a
         pattern of the console after which QEMU is killed (SIGKILL, by its PID: a power
         cut), `kill_after` seconds later, instead of waiting for the guest's power-off.
-        `timeout`: the boot's limit in seconds (default BOOT_TIMEOUT). Returns the serial
-        log with carriage returns removed."""
+        `timeout`: the boot's limit in seconds (default BOOT_TIMEOUT); `initrd`: another
+        initrd (an updated one). Returns the serial log with carriage returns removed."""
         timeout = timeout or BOOT_TIMEOUT
         self.boots += 1
         cmdline = cmdline or self.cmdline
@@ -115,7 +115,7 @@ class Guest:
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
             "-kernel", os.path.join(self.guest, "vmlinuz"),
-            "-initrd", self.initrd,
+            "-initrd", initrd or self.initrd,
             "-append", cmdline,
             "-drive", "file=%s,format=raw,if=virtio%s"
             % (disk, "" if persist else ",snapshot=on"),
@@ -424,6 +424,88 @@ def sealroot_token(image):
     raise Failure(f"no sealroot token on {image}")
 
 
+def newc_cpio(files):
+    """An uncompressed initramfs archive (cpio "newc") of regular files {path: bytes}, as
+    the kernel unpacks it: 110-byte ASCII headers, names and data padded to 4 bytes."""
+    out = b""
+    for ino, (name, data) in enumerate(list(files.items()) + [("TRAILER!!!", None)], 1):
+        mode, nlink = (0o100644, 1) if data is not None else (0, 1)
+        data = data or b""
+        fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(name) + 1, 0)
+        hdr = b"070701" + b"".join(b"%08X" % f for f in fields) + name.encode() + b"\0"
+        out += hdr + b"\0" * (-len(hdr) % 4) + data + b"\0" * (-len(data) % 4)
+    return out
+
+
+def updated_initrd(src, dst):
+    """What an initramfs rebuild does to the measurements, without rebuilding the guest: a
+    copy of `src` with one more file (etc/e2e-update) in a newc archive appended, after
+    zeros up to a 4-byte boundary (the kernel unpacks concatenated archives; it skips the
+    zeros, and an uncompressed archive must start 4-byte aligned). Returns its sha256."""
+    with open(src, "rb") as f:
+        data = f.read()
+    data += b"\0" * (-len(data) % 4)
+    data += newc_cpio({"etc/e2e-update": b"initrd rebuilt by an update\n"})
+    with open(dst, "wb") as f:
+        f.write(data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def live_pcrs(text):
+    """PCRs 4 and 9 as the guest read them from sysfs (mode "pcrs")."""
+    return {p: need(text, rf"^E2E-PCR {p} ([0-9a-f]{{64}})$", f"PCR {p} from sysfs").group(1)
+            for p in ("4", "9")}
+
+
+def replay_sha256(log, pcrs):
+    """Replays a TCG crypto-agile event log (what binary_bios_measurements holds) for the
+    sha256 bank of `pcrs`: {pcr: hex}. EV_NO_ACTION events are not extended."""
+    import struct
+    sizes = {0x0004: 20, 0x000b: 32, 0x000c: 48, 0x000d: 64, 0x0012: 32}
+    if b"Spec ID Event03" not in log[:64]:
+        raise Failure("the event log does not start with a Spec ID Event03 header")
+    # The first event: TCG_PCR_EVENT (SHA-1 format).
+    size = struct.unpack_from("<I", log, 28)[0]
+    pos = 32 + size
+    values = {p: bytes(32) for p in pcrs}
+    while pos + 12 <= len(log):
+        pcr, etype, count = struct.unpack_from("<III", log, pos)
+        pos += 12
+        digest = None
+        for _ in range(count):
+            alg = struct.unpack_from("<H", log, pos)[0]
+            if alg not in sizes:
+                raise Failure(f"event log: unknown hash algorithm {alg:#x}")
+            if alg == 0x000b:
+                digest = log[pos + 2:pos + 34]
+            pos += 2 + sizes[alg]
+        size = struct.unpack_from("<I", log, pos)[0]
+        pos += 4 + size
+        if pcr in values and etype != 3 and digest is not None:
+            values[pcr] = hashlib.sha256(values[pcr] + digest).digest()
+    return {p: v.hex() for p, v in values.items()}
+
+
+def save_eventlog(text, work, name, meta):
+    """The guest's TCG event log (mode "pcrs"), decoded to WORK/NAME.bin, with what the
+    boot used (kernel, initrd, command line, live PCRs) in WORK/NAME.json and the command
+    line alone in WORK/NAME.cmdline; says whether the log replays to the live PCRs."""
+    b64 = need(text, r"^E2E-EVENTLOG ([A-Za-z0-9+/=]+)$", "the TCG event log").group(1)
+    log = base64.b64decode(b64, validate=True)
+    with open(os.path.join(work, name + ".bin"), "wb") as f:
+        f.write(log)
+    with open(os.path.join(work, name + ".json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    with open(os.path.join(work, name + ".cmdline"), "w") as f:
+        f.write(meta["cmdline"] + "\n")
+    live = meta["pcrs_sha256"]
+    replayed = replay_sha256(log, [int(p) for p in live])
+    same = [p for p in live if replayed[int(p)] == live[p]]
+    print(f"  event log ({len(log)} bytes): {os.path.join(work, name + '.bin')}; kernel, "
+          f"initrd, command line and PCRs: {os.path.join(work, name + '.json')}; replayed, "
+          f"PCR(s) {', '.join(same) or 'none'} of {', '.join(live)} match sysfs", flush=True)
+
+
 def need(text, pattern, what):
     m = re.search(pattern, text, re.M)
     if not m:
@@ -603,6 +685,116 @@ def main():
             need(text, r"sealroot: .*the token's storage key is not the key at 0x81000001",
                  "another vTPM's SRK refused")
             fence_before_prompt(text)
+        finally:
+            os.unlink(disk)
+
+    def signed_policy():
+        """Issue 14: an initrd update under a signed policy, no resealing. A fresh vTPM S
+        (its SRK from `srk-public`) and a pristine copy of the guest's disk sealed offline
+        to S with `enroll --srk-public --policy-key` (ECDSA P-256, made here with openssl):
+        the object trusts the key and the fence, no PCR value. The host approves PCRs 4
+        and 9 of the stock initrd, taken from the reference token the online "enroll"
+        boot recorded on g.disk (PCRs 4 and 9 do not depend on the TPM). Boots, all under
+        S, in mode "pcrs" (live PCRs 4 and 9 from sysfs, the TCG event log, the fence
+        check):
+        - the stock initrd: no prompt, unlocked as root; the live PCRs are the approved
+          ones; its event log is saved (eventlog.bin/.json/.cmdline, for predict);
+        - an updated initrd (the stock one with a file appended in another cpio archive, as
+          a rebuild changes it), before any approval of it: the stock prompt, after the
+          fence; sealroot says no approval covers the current values, naming PCR 9, which
+          did change (the EFI stub's "Linux initrd" event). PCR 4 changes too here, the
+          kernel file being the same: under QEMU's -kernel the measured image is probably
+          the kernel as QEMU patched it, its setup header holding the initrd's size and
+          address. This boot is the reference for the new values;
+        - after `approve --pcr-values OLD --pcr-values NEW --replace` (PolicyOR: the old
+          and the new initrd, one approval in the header): the updated initrd unlocks
+          with no prompt, the fence holds in the booted root;
+        - the stock initrd again: unlocks with no prompt through the other branch."""
+        _, ref = sealroot_token(g.disk)
+        if ref.get("tpm2_pcr_bank") != "sha256" or sorted(ref["tpm2_pcrs"]) != [4, 9, 15]:
+            raise Failure(f"the reference token binds {ref.get('tpm2_pcr_bank')} PCRs "
+                          f"{ref.get('tpm2_pcrs')}, not sha256 PCRs 4, 9 and the fence")
+        old = {p: ref["tpm2_pcr_values"][p] for p in ("4", "9")}
+
+        def spec(values):
+            return ",".join(f"{p}:sha256={values[p]}" for p in ("4", "9"))
+
+        if not (os.path.isfile(SEALROOT) and os.access(SEALROOT, os.X_OK)):
+            raise Failure(f"no host sealroot at {SEALROOT} (make static, or set E2E_SEALROOT)")
+        d = os.path.join(g.work, "signed")
+        if os.path.exists(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+        priv, pub = os.path.join(d, "policy.pem"), os.path.join(d, "policy.pub.pem")
+        check_run(["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt",
+                   "ec_paramgen_curve:P-256", "-out", priv], "openssl genpkey")
+        check_run(["openssl", "pkey", "-in", priv, "-pubout", "-out", pub], "openssl pkey")
+        state, srk = os.path.join(d, "tpm"), os.path.join(d, "srk.pub")
+        name = new_vtpm(state, srk)
+        disk = os.path.join(d, "disk.img")
+        copy_sparse(os.path.join(g.guest, "disk.img"), disk)
+        try:
+            out = check_run([SEALROOT, "enroll", disk, "--srk-public", srk, "--policy-key",
+                             pub, "--unlock-key-file", g.passfile],
+                            "offline enroll with a policy key", text=True)
+            print(f"  host: {out.stderr.strip()}; SRK {name}", flush=True)
+            out = check_run([SEALROOT, "approve", disk, "--key", priv, "--pcr-values",
+                             spec(old)], "approve the stock initrd's values", text=True)
+            print(f"  host: {out.stderr.strip()}; {spec(old)}", flush=True)
+
+            text = g.boot("signed-stock", "pcrs", disk=disk, tpm_state=state)
+            need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "approved unlock")
+            need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
+            need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+            live = live_pcrs(text)
+            if live != old:
+                raise Failure(f"live PCRs {live} are not the reference token's {old}")
+            kernel = os.path.abspath(os.path.join(g.guest, "vmlinuz"))
+            save_eventlog(text, g.work, "eventlog", {
+                "kernel": kernel, "initrd": os.path.abspath(g.initrd), "cmdline": g.cmdline,
+                "pcrs_sha256": live})
+
+            new_initrd = os.path.join(d, "initrd-updated.img")
+            digest = updated_initrd(g.initrd, new_initrd)
+            print(f"  host: updated initrd {new_initrd} (sha256 {digest[:16]}...)", flush=True)
+            text = g.boot("signed-update-unapproved", "pcrs", disk=disk, tpm_state=state,
+                          initrd=new_initrd, answer=g.passphrase)
+            m = need(text, r"sealroot: .*no approval covers the current PCR values "
+                     r"\(1 approval\(s\); PCR ([0-9, ]+) differ", "no approval for the update")
+            differ = m.group(1).split(", ")
+            if "9" not in differ:
+                raise Failure(f"the mismatch names PCR {differ}, not PCR 9")
+            fence_before_prompt(text)
+            need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds after the prompt")
+            new = live_pcrs(text)
+            if new["9"] == old["9"]:
+                raise Failure("the updated initrd did not change PCR 9")
+            print(f"  updated initrd: PCR(s) {', '.join(differ)} differ; new values "
+                  f"{spec(new)}", flush=True)
+            save_eventlog(text, g.work, "eventlog-updated", {
+                "kernel": kernel, "initrd": os.path.abspath(new_initrd), "cmdline": g.cmdline,
+                "pcrs_sha256": new})
+
+            out = check_run([SEALROOT, "approve", disk, "--key", priv, "--pcr-values",
+                             spec(old), "--pcr-values", spec(new), "--replace"],
+                            "approve the old and the new values", text=True)
+            approvals = [t for t in luks_tokens(disk) if t.get("type") == "sealroot-approval"]
+            print(f"  host: {out.stderr.strip()}; {len(approvals)} approval token(s) in the "
+                  "header", flush=True)
+            if len(approvals) != 1:
+                raise Failure(f"--replace left {len(approvals)} approval tokens")
+            text = g.boot("signed-update-approved", "pcrs", disk=disk, tpm_state=state,
+                          initrd=new_initrd)
+            need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root",
+                 "the updated initrd unlocks once approved")
+            need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
+            need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+            if live_pcrs(text) != new:
+                raise Failure("the updated initrd's PCRs changed between two boots")
+            text = g.boot("signed-stock-after-update", "check", disk=disk, tpm_state=state)
+            need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root",
+                 "the stock initrd still unlocks (the approval's other branch)")
+            need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
         finally:
             os.unlink(disk)
 
@@ -931,6 +1123,10 @@ def main():
             scenario("8. sealed offline on the host for a new instance's vTPM: unlocks with "
                      "no prompt; under another vTPM -> stock prompt (initramfs-tools only)",
                      offline_sealed)
+            # Also before the PIN scenario: it takes the PCR values from the reference token.
+            scenario("14. signed policy (initramfs-tools only): an updated initrd prompts "
+                     "until approved, then unlocks with no prompt; the old one still does",
+                     signed_policy)
         scenario("PIN asked through the initrd's prompt: wrong, then right", pin)
         if flavour == "initramfs-tools":
             scenario("9. golden image (initramfs-tools only): provisioned on the host, "
