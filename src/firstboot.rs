@@ -71,6 +71,16 @@ pub fn run(
         ));
         return Ok(None);
     }
+    // The header's fence must be this initrd's, before anything is sealed under it (the
+    // verification step would refuse it too, but only after sealing and adding keyslots).
+    if let Some(configured) = fb.trust.fence_pcr
+        && t.fence_pcr != Some(configured)
+    {
+        return Err(Error::NoUsableToken(format!(
+            "provision token {id}: refused: it asks for fence {:?}, but this system's fence is PCR {configured} (the header may have been altered)",
+            t.fence_pcr
+        )));
+    }
     let mut p = Provisioning { vol, id, pass };
     if !opens {
         // Stopped while the image's keyslots were going: the sealed key is the way in.

@@ -495,3 +495,21 @@ fn a_provision_token_from_another_image_is_ignored() {
     );
     assert_eq!(victim.image_hash(), before, "the victim's header changed");
 }
+
+#[test]
+fn a_provision_token_with_another_fence_is_refused_before_anything_is_sealed() {
+    let f = Fixture::new();
+    let (_, recipient) = age_identity(&f);
+    let r = provision(&f, &["--escrow", &recipient, "--fence-pcr", "14"]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let before = f.image_hash();
+    // This initrd's fence is 15 (the default): the header's 14 is refused.
+    let r = initrd_part(&f);
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("this system's fence is PCR 15"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(f.image_hash(), before, "something was written");
+}
