@@ -181,29 +181,10 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         console::error(
             "note: approvals signed by the policy key decide which boots unseal: nothing unlocks until `sealroot approve` has approved PCR values for this token",
         );
-        if o.fence_pcr.is_none() {
-            if o.policy_key.is_some() {
-                console::error(
-                    "note: approvals signed by the policy key decide which boots unseal: nothing unlocks until `sealroot approve` has approved PCR values for this token",
-                );
-                if o.fence_pcr.is_none() {
-                    warn_about_bindings(&bound, o.fence_pcr, how);
-                }
-            } else {
-                warn_about_bindings(&bound, o.fence_pcr, how);
-            }
-        }
-    } else {
-        if o.policy_key.is_some() {
-            console::error(
-                "note: approvals signed by the policy key decide which boots unseal: nothing unlocks until `sealroot approve` has approved PCR values for this token",
-            );
-            if o.fence_pcr.is_none() {
-                warn_about_bindings(&bound, o.fence_pcr, how);
-            }
-        } else {
-            warn_about_bindings(&bound, o.fence_pcr, how);
-        }
+    }
+    // With a policy key the approvals bind the PCRs; the fence is still this token's own.
+    if o.policy_key.is_none() || o.fence_pcr.is_none() {
+        warn_about_bindings(&bound, o.fence_pcr, how);
     }
     warn_about_unfenced_tokens(&mut vol, o.fence_pcr)?;
 
