@@ -218,3 +218,46 @@ fn a_log_that_does_not_replay_is_an_error() {
     assert_eq!(r.code, 2, "{}", r.stderr);
     assert!(r.stderr.contains("Spec ID"), "{}", r.stderr);
 }
+
+/// Two real logs, captured from the VM suite's guest (QEMU 7.2 direct kernel boot, OVMF):
+/// the same kernel and command line, the initrd changed between them.
+#[test]
+fn real_logs_replay_to_their_pcrs_and_name_what_changed() {
+    use sealroot::eventlog::EventLog;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/testdata/eventlog");
+    let mut recorded = Vec::new();
+    for name in ["qemu-ovmf-boot-a", "qemu-ovmf-boot-b"] {
+        let log = EventLog::parse(&std::fs::read(dir.join(format!("{name}.bin"))).unwrap())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        let replayed = log.replay(PcrBank::Sha256).unwrap();
+        for pcr in [4u32, 9] {
+            assert_eq!(
+                hex::encode(&replayed[&pcr]),
+                meta["pcrs_sha256"][pcr.to_string()].as_str().unwrap(),
+                "{name} PCR {pcr}"
+            );
+        }
+        let events = sealroot::predict::record(&log, &[4, 9], PcrBank::Sha256);
+        let initrd = events.iter().find(|e| e.what == "initrd").expect("initrd");
+        assert_eq!(initrd.digest, meta["initrd_sha256"].as_str().unwrap());
+        let cmdline = events.iter().find(|e| e.what == "command line").unwrap();
+        // OVMF hands the stub -append plus " initrd=initrd", in UTF-16 with its NUL.
+        let options = format!("{} initrd=initrd", meta["append"].as_str().unwrap());
+        assert_eq!(cmdline.digest, hex::encode(sha256(&utf16z(&options))));
+        assert!(events.iter().any(|e| e.what == "kernel image" && e.pcr == 4));
+        recorded.push(events);
+    }
+    // Between them the initrd changed, and with it (QEMU writes its size and address into
+    // the kernel's header) the kernel's measurement.
+    assert_eq!(
+        sealroot::predict::explain(9, &recorded[0], &recorded[1]),
+        "PCR 9: the initrd differs from the approved one"
+    );
+    assert_eq!(
+        sealroot::predict::explain(4, &recorded[0], &recorded[1]),
+        "PCR 4: a different kernel image"
+    );
+}
