@@ -211,6 +211,17 @@ pub struct ApprovalJson {
     pub events: Option<Vec<Vec<RecordedEvent>>>,
 }
 
+/// The words `RecordedEvent::what` may hold (an approval carrying others has its events
+/// ignored: header strings do not reach the terminal).
+pub const EVENT_WORDS: &[&str] = &[
+    "kernel image",
+    "boot application",
+    "initrd",
+    "command line",
+    "separator",
+    "firmware event",
+];
+
 /// One measurement of an approved boot, as `status` compares it with this boot's log.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct RecordedEvent {
@@ -234,6 +245,9 @@ pub struct Approval {
     pub nv: Option<NvCounter>,
     /// Where it came from, for messages ("header token 3", a file name).
     pub source: String,
+    /// The approved boots' events, per set, when recorded (unsigned: explanations only,
+    /// in sealroot's own words).
+    pub events: Option<Vec<Vec<RecordedEvent>>>,
 }
 
 impl Approval {
@@ -275,7 +289,14 @@ pub fn sign(
     serial: u64,
     nv: Option<&NvCounter>,
 ) -> Result<ApprovalJson, String> {
-    sign_with(&signing_key_of(key_pem)?, policy_ref, bank, sets, serial, nv)
+    sign_with(
+        &signing_key_of(key_pem)?,
+        policy_ref,
+        bank,
+        sets,
+        serial,
+        nv,
+    )
 }
 
 pub fn signing_key_of(key_pem: &str) -> Result<SigningKey, String> {
@@ -409,6 +430,14 @@ pub fn verify(
     if !key.verifies(&signed_digest(&approved, policy_ref), &signature) {
         return Err("the signature does not verify".into());
     }
+    let events = a.events.filter(|e| {
+        e.len() == sets.len()
+            && e.iter().flatten().all(|ev| {
+                EVENT_WORDS.contains(&ev.what.as_str())
+                    && ev.pcr < PCR_COUNT
+                    && hex::decode(&ev.digest).is_ok_and(|d| d.len() == bank.digest_len())
+            })
+    });
     Ok(Approval {
         bank,
         sets,
@@ -417,6 +446,7 @@ pub fn verify(
         signature: (r, s),
         nv,
         source: source.to_string(),
+        events,
     })
 }
 

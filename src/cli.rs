@@ -166,6 +166,13 @@ pub enum Command {
         /// Approval files, as for `unlock`.
         #[arg(long = "approval", value_name = "FILE")]
         approvals: Vec<PathBuf>,
+        /// This boot's event log, to say which event differs from an approved boot.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+        )]
+        eventlog: PathBuf,
         #[command(flatten)]
         tcti: TctiArg,
     },

@@ -106,7 +106,9 @@ pub fn load(description: &str, max: usize) -> io::Result<Option<Secret>> {
 pub fn remove(description: &str) -> io::Result<()> {
     if let Some(id) = search(description)? {
         // SAFETY: plain integer arguments.
-        check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_UNLINK, id, KEY_SPEC_USER_KEYRING) })?;
+        check(unsafe {
+            libc::syscall(libc::SYS_keyctl, KEYCTL_UNLINK, id, KEY_SPEC_USER_KEYRING)
+        })?;
     }
     Ok(())
 }

@@ -68,7 +68,9 @@ pub fn unwrap(disk_secret: &[u8], policy_ref: &[u8], wrapped: &[u8]) -> Result<S
                 aad: policy_ref,
             },
         )
-        .map_err(|_| "the local approval key does not decrypt with this token's secret".to_string())?;
+        .map_err(|_| {
+            "the local approval key does not decrypt with this token's secret".to_string()
+        })?;
     let out = Secret::from_slice(&plain);
     zeroize::Zeroize::zeroize(&mut plain);
     Ok(out)

@@ -183,12 +183,14 @@ fn run(command: Command) -> u8 {
             json,
             signature,
             approvals,
+            eventlog,
             tcti,
         } => {
             match status::run(&status::StatusOptions {
                 device,
                 signature,
                 approvals,
+                eventlog,
                 tcti: tcti.tcti,
             }) {
                 Ok(v) => {

@@ -94,7 +94,9 @@ pub fn apply(log: &mut EventLog, next: &NextBoot<'_>) -> Result<(), String> {
         }
     }
     if let Some(cmdline) = next.cmdline {
-        let options = next.loader.load_options(cmdline, next.initrd.is_some() || has_initrd(log));
+        let options = next
+            .loader
+            .load_options(cmdline, next.initrd.is_some() || has_initrd(log));
         let mut utf16: Vec<u8> = options
             .encode_utf16()
             .flat_map(|c| c.to_le_bytes())
@@ -243,7 +245,9 @@ pub fn explain(pcr: u32, approved: &[RecordedEvent], now: &[RecordedEvent]) -> S
             a.len()
         );
     }
-    format!("PCR {pcr}: the events match the approved ones, yet the value differs (the log does not account for the PCR)")
+    format!(
+        "PCR {pcr}: the events match the approved ones, yet the value differs (the log does not account for the PCR)"
+    )
 }
 
 #[cfg(test)]
@@ -272,7 +276,10 @@ mod tests {
             "PCR 9: the initrd differs from the approved one"
         );
         now[0].digest = "ee".into();
-        assert_eq!(explain(4, &approved, &now), "PCR 4: a different kernel image");
+        assert_eq!(
+            explain(4, &approved, &now),
+            "PCR 4: a different kernel image"
+        );
         now[1].digest = "ff".into();
         assert!(explain(9, &approved, &now).contains("command line"));
         now.push(ev(9, "firmware event", "00"));
@@ -291,7 +298,10 @@ mod tests {
         assert!(changed.iter().all(|&i| (0x210..0x22c).contains(&i)));
         // 1 GiB - ACPI data - 1, less the initrd, page aligned down.
         let addr = u32::from_le_bytes([out[0x218], out[0x219], out[0x21a], out[0x21b]]);
-        assert_eq!(addr, ((0x4000_0000u64 - 0x2_8000 - 1 - 12289) & !4095) as u32);
+        assert_eq!(
+            addr,
+            ((0x4000_0000u64 - 0x2_8000 - 1 - 12289) & !4095) as u32
+        );
         assert!(qemu_patched_kernel(&image, 1, 1024, "vga=791").is_err());
         assert!(qemu_patched_kernel(&image[..100], 1, 1024, "").is_err());
     }

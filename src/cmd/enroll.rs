@@ -275,9 +275,9 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         Target::Offline { key, .. } => seal_offline(key, &secret, &policy, auth.as_ref())?,
     };
     let local_key = match (&local_scalar, &policy_key) {
-        (Some((scalar, _)), Some((_, policy_ref))) => Some(
-            local_key::wrap(secret.expose(), policy_ref, scalar).map_err(Error::Other)?,
-        ),
+        (Some((scalar, _)), Some((_, policy_ref))) => {
+            Some(local_key::wrap(secret.expose(), policy_ref, scalar).map_err(Error::Other)?)
+        }
         _ => None,
     };
     let passphrase = passphrase_of(&secret);

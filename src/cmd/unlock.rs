@@ -250,9 +250,10 @@ fn unlock_with_plan(
         .passphrase(&secret)
         .map_err(|e| Error::NoUsableToken(e.to_string()))?;
     let local_key = match plan.approvals.as_ref() {
-        Some(a) if !test => a.local_key.as_ref().map(|wrapped| {
-            local_key::unwrap(secret.expose(), &a.policy_ref, wrapped)
-        }),
+        Some(a) if !test => a
+            .local_key
+            .as_ref()
+            .map(|wrapped| local_key::unwrap(secret.expose(), &a.policy_ref, wrapped)),
         _ => None,
     };
     drop(secret);

@@ -41,6 +41,9 @@ pub struct UpdateOptions {
     pub tcti: Option<String>,
 }
 
+/// One boot's values of the approved PCRs.
+type PcrSet = Vec<(u32, Vec<u8>)>;
+
 const KERNEL_CMDLINE: &str = "/etc/kernel/cmdline";
 
 /// Returns one line per token: what was approved.
@@ -124,7 +127,7 @@ pub fn run(o: &UpdateOptions) -> Result<Vec<String>> {
             let now = this_boot(&log, &mut tpm, bank, &pcrs)?;
             let approved_now = approvals.iter().any(|(_, a)| a.sets.contains(&now));
             let now_events = predict::record(&log, &pcrs, bank);
-            let mut sets: Vec<(Vec<(u32, Vec<u8>)>, Vec<RecordedEvent>)> = Vec::new();
+            let mut sets: Vec<(PcrSet, Vec<RecordedEvent>)> = Vec::new();
             if approved_now {
                 sets.push((now.clone(), now_events));
             }
@@ -211,12 +214,7 @@ fn is_approval_for(json: &Value, policy_ref: &[u8]) -> bool {
 
 /// This boot's values of `pcrs`, read from the TPM; the log must account for each, since
 /// the prediction edits the log.
-fn this_boot(
-    log: &EventLog,
-    tpm: &mut LazyTpm,
-    bank: PcrBank,
-    pcrs: &[u32],
-) -> Result<Vec<(u32, Vec<u8>)>> {
+fn this_boot(log: &EventLog, tpm: &mut LazyTpm, bank: PcrBank, pcrs: &[u32]) -> Result<PcrSet> {
     let live = tpm.get()?.pcr_read(bank, pcrs)?;
     let replayed = log.replay(bank).map_err(Error::Usage)?;
     let zeros = vec![0u8; bank.digest_len()];
@@ -242,10 +240,10 @@ fn unapproved_why(newest: &Approval, now: &[(u32, Vec<u8>)]) -> String {
         .pcrs()
         .into_iter()
         .filter(|p| {
-            newest
-                .sets
-                .iter()
-                .all(|s| s.iter().any(|(i, v)| i == p && current.get(&(newest.bank, *i)) != Some(v)))
+            newest.sets.iter().all(|s| {
+                s.iter()
+                    .any(|(i, v)| i == p && current.get(&(newest.bank, *i)) != Some(v))
+            })
         })
         .collect();
     format!("PCR(s) {differ:?} differ from every approved set")
@@ -270,8 +268,8 @@ fn volumes(devices: &[PathBuf]) -> Result<Vec<(PathBuf, Secret)>> {
         }
         return Ok(out);
     }
-    let names = keyring::list(KEYRING_PREFIX)
-        .map_err(|e| Error::Other(format!("root's keyring: {e}")))?;
+    let names =
+        keyring::list(KEYRING_PREFIX).map_err(|e| Error::Other(format!("root's keyring: {e}")))?;
     for name in names {
         let uuid = &name[KEYRING_PREFIX.len()..];
         let Some(device) = find_luks(uuid) else {
@@ -300,12 +298,15 @@ fn find_luks(uuid: &str) -> Option<PathBuf> {
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .collect();
     names.sort();
-    names.into_iter().map(|n| Path::new("/dev").join(n)).find(|dev| {
-        let mut head = [0u8; 512];
-        std::fs::File::open(dev)
-            .and_then(|mut f| f.read_exact(&mut head))
-            .is_ok()
-            && head.starts_with(b"LUKS\xba\xbe\x00\x02")
-            && head[168..208].split(|b| *b == 0).next() == Some(uuid.as_bytes())
-    })
+    names
+        .into_iter()
+        .map(|n| Path::new("/dev").join(n))
+        .find(|dev| {
+            let mut head = [0u8; 512];
+            std::fs::File::open(dev)
+                .and_then(|mut f| f.read_exact(&mut head))
+                .is_ok()
+                && head.starts_with(b"LUKS\xba\xbe\x00\x02")
+                && head[168..208].split(|b| *b == 0).next() == Some(uuid.as_bytes())
+        })
 }

@@ -337,9 +337,10 @@ impl SealrootToken {
                 Some(_) if policy_key.is_none() => {
                     return Err(bad("tpm2_local_approval_key without a policy key".into()));
                 }
-                Some(k) => Some(B64.decode(k).map_err(|e| {
-                    bad(format!("tpm2_local_approval_key is not base64: {e}"))
-                })?),
+                Some(k) => Some(
+                    B64.decode(k)
+                        .map_err(|e| bad(format!("tpm2_local_approval_key is not base64: {e}")))?,
+                ),
                 None => None,
             },
             policy_key,
