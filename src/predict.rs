@@ -282,8 +282,10 @@ mod tests {
         );
         now[1].digest = "ff".into();
         assert!(explain(9, &approved, &now).contains("command line"));
-        now.push(ev(9, "firmware event", "00"));
-        assert!(explain(9, &approved, &now).contains("measured 3 events"));
+        // Same events so far, then one more: a different boot path.
+        let mut longer = approved.clone();
+        longer.push(ev(9, "firmware event", "00"));
+        assert!(explain(9, &approved, &longer).contains("measured 3 events, the approved boot 2"));
     }
 
     #[test]
