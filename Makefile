@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 STATIC_BIN := target/static/sealroot
 
-.PHONY: all build release static check-static test e2e demo demo-host bench install clean
+.PHONY: all build release static check-static test e2e demo demo-host bench doc install-files install deb clean
 
 all: build
 
@@ -42,24 +42,33 @@ e2e: static
 	./scripts/deps.sh e2e
 	./tests/vm/run.sh
 
-# The static binary, the initramfs-tools integration and the dracut module. initramfs-tools
-# and dracut look under /usr/share/initramfs-tools and /usr/lib/dracut whatever PREFIX is.
-install: static
+# Man pages (sealroot(8), sealroot-VERB(8)) and shell completions, generated from the
+# clap definitions by src/bin/sealroot-doc.rs.
+DOC_OUT ?= target/doc-gen
+doc:
+	./scripts/deps.sh build
+	$(CARGO) build --bin sealroot-doc
+	rm -rf $(DOC_OUT)
+	target/debug/sealroot-doc $(DOC_OUT)
+
+# The static binary, the initramfs-tools integration and the dracut module, the update
+# hooks, units, man pages and completions. initramfs-tools and dracut look under
+# /usr/share/initramfs-tools and /usr/lib/dracut whatever PREFIX is. `install` also enables
+# the units (the Debian package leaves that to dh_installsystemd).
+install-files: static doc
 	install -D -m 755 $(STATIC_BIN) $(DESTDIR)$(PREFIX)/sbin/sealroot
 	install -D -m 644 share/boot.sh $(DESTDIR)/usr/share/sealroot/boot.sh
-	install -d $(DESTDIR)/lib/systemd/system/multi-user.target.wants
+	install -d $(DESTDIR)/lib/systemd/system
 	sed 's|@SBINDIR@|$(PREFIX)/sbin|' share/sealroot-finish-provisioning.service \
 		>$(DESTDIR)/lib/systemd/system/sealroot-finish-provisioning.service
-	ln -sf ../sealroot-finish-provisioning.service \
-		$(DESTDIR)/lib/systemd/system/multi-user.target.wants/sealroot-finish-provisioning.service
 	sed 's|/usr/sbin/sealroot|$(PREFIX)/sbin/sealroot|' share/sealroot-update-approvals.service \
 		>$(DESTDIR)/lib/systemd/system/sealroot-update-approvals.service
-	ln -sf ../sealroot-update-approvals.service \
-		$(DESTDIR)/lib/systemd/system/multi-user.target.wants/sealroot-update-approvals.service
 	install -D -m 755 share/hooks/approve-next $(DESTDIR)/usr/share/sealroot/approve-next
 	install -D -m 755 share/hooks/initramfs-post-update \
 		$(DESTDIR)/etc/initramfs/post-update.d/sealroot
 	install -D -m 755 share/hooks/kernel-postinst $(DESTDIR)/etc/kernel/postinst.d/zz-sealroot
+	install -D -m 644 share/etc/sealroot.conf $(DESTDIR)/etc/sealroot/sealroot.conf
+	install -D -m 644 share/etc/default-sealroot $(DESTDIR)/etc/default/sealroot
 	install -D -m 755 initramfs-tools/hooks/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/hooks/sealroot
 	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \
@@ -68,6 +77,31 @@ install: static
 		install -D -m 755 $$f $(DESTDIR)/usr/lib/dracut/modules.d/91sealroot/$$(basename $$f); \
 	done
 	chmod 644 $(DESTDIR)/usr/lib/dracut/modules.d/91sealroot/sealroot.service
+	install -d $(DESTDIR)/usr/share/man/man8
+	install -m 644 $(DOC_OUT)/man8/*.8 $(DESTDIR)/usr/share/man/man8/
+	install -D -m 644 $(DOC_OUT)/completions/sealroot.bash \
+		$(DESTDIR)/usr/share/bash-completion/completions/sealroot
+	install -D -m 644 $(DOC_OUT)/completions/_sealroot \
+		$(DESTDIR)/usr/share/zsh/vendor-completions/_sealroot
+	install -D -m 644 $(DOC_OUT)/completions/sealroot.fish \
+		$(DESTDIR)/usr/share/fish/vendor_completions.d/sealroot.fish
+
+install: install-files
+	install -d $(DESTDIR)/lib/systemd/system/multi-user.target.wants
+	for u in sealroot-finish-provisioning sealroot-update-approvals; do \
+		ln -sf ../$$u.service $(DESTDIR)/lib/systemd/system/multi-user.target.wants/$$u.service; \
+	done
+
+# The Debian package (debian/), into target/deb/, checked by lintian (dh_installinitramfs
+# adds the update-initramfs trigger: a new sealroot reaches the initrd). dpkg-buildpackage
+# writes next to the source tree; the results are moved. -d: Rust is rustup's, not a
+# Debian build dependency.
+deb:
+	./scripts/deps.sh build static deb
+	dpkg-buildpackage -b -us -uc -d
+	mkdir -p target/deb
+	mv ../sealroot_*_amd64.deb ../sealroot_*_amd64.buildinfo ../sealroot_*_amd64.changes target/deb/
+	lintian --fail-on error,warning --info target/deb/sealroot_*_amd64.deb
 
 # The VM demo: a guest whose sealed root unlocks itself, then the fallbacks.
 demo: static

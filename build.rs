@@ -5,6 +5,7 @@
 //! non-PIE binary, which glibc's static startup cannot handle: the static build links with
 //! GNU ld (`-C linker-features=-lld`, set by scripts/build-static.sh).
 fn main() {
+    build_id();
     println!("cargo:rerun-if-env-changed=SEALROOT_STATIC_PREFIX");
     if std::env::var_os("CARGO_FEATURE_STATIC").is_none() {
         return;
@@ -31,4 +32,35 @@ fn main() {
     ] {
         println!("cargo:rustc-link-arg=-l{archive}");
     }
+}
+
+/// `sealroot --version` names the build: SEALROOT_BUILD when set (a package built from a
+/// tarball), else `git describe` of the tree, else "unknown".
+fn build_id() {
+    println!("cargo:rerun-if-env-changed=SEALROOT_BUILD");
+    for path in [".git/HEAD", ".git/index", ".git/refs/tags"] {
+        if std::path::Path::new(path).exists() {
+            println!("cargo:rerun-if-changed={path}");
+        }
+    }
+    let id = std::env::var("SEALROOT_BUILD").ok().or_else(|| {
+        let out = std::process::Command::new("git")
+            .args([
+                "-c",
+                "safe.directory=*",
+                "describe",
+                "--tags",
+                "--always",
+                "--dirty",
+                "--abbrev=12",
+            ])
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?;
+        (out.status.success() && !text.trim().is_empty()).then(|| text.trim().to_string())
+    });
+    println!(
+        "cargo:rustc-env=SEALROOT_BUILD={}",
+        id.unwrap_or_else(|| "unknown".into())
+    );
 }

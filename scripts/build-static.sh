@@ -21,9 +21,9 @@ export SEALROOT_STATIC_PREFIX="$PREFIX"
 # then says "statically linked"; heap, stack and mmap stay randomized.
 # GNU ld, not rust-lld: see build.rs.
 export RUSTFLAGS="-C target-feature=+crt-static -C relocation-model=static -C linker-features=-lld"
-cargo build --profile static --target x86_64-unknown-linux-gnu --features static \
+cargo build --profile static --target x86_64-unknown-linux-gnu --features static --bin sealroot \
     --target-dir "$ROOT/target/static-build"
 mkdir -p "$OUT"
 install -m 755 "$ROOT/target/static-build/x86_64-unknown-linux-gnu/static/sealroot" "$OUT/sealroot"
-strip "$OUT/sealroot"
+strip --remove-section=.comment "$OUT/sealroot"
 log "$(file -b "$OUT/sealroot" | cut -d, -f1-2), $(stat -c %s "$OUT/sealroot") bytes: $OUT/sealroot"

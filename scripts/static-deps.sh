@@ -108,5 +108,14 @@ rm -rf "$DEPS/$KEY/logs"
 cp -r "$chroot_dir/build/logs" "$DEPS/$KEY/logs" 2>/dev/null || true
 [ "$status" -eq 0 ] || fail "building the C libraries failed (logs: $DEPS/$KEY/logs)"
 mv "$chroot_dir$PREFIX" "$PREFIX"
+# Whose code the binary carries, for the package's Built-Using field: the four sources
+# built here, and the static archives taken from the root's -dev packages.
+{
+    for dsc in $versions; do
+        basename "$dsc" .dsc | sed 's/_/ (= /; s/$/)/'
+    done
+    chroot "$chroot_dir" dpkg-query -W -f '${source:Package} (= ${source:Version})\n' \
+        libjson-c-dev uuid-dev libmbedtls-dev libgpg-error-dev
+} | sort -u | paste -sd, | sed 's/,/, /g' >"$PREFIX/built-using"
 touch "$PREFIX/.complete"
 echo "$PREFIX"

@@ -24,7 +24,7 @@ Logging: SEALROOT_LOG=info|debug (never shows secrets).";
 #[derive(Parser)]
 #[command(
     name = "sealroot",
-    version,
+    version = sealroot::VERSION,
     about = "Unlock LUKS2 volumes at boot with a key sealed to the TPM",
     after_help = EXIT_CODES
 )]

@@ -4,6 +4,9 @@
 //! (knows no TPM) through `tokens` (the header formats, each read into one unseal plan);
 //! `secret` owns secret bytes.
 
+/// "0.1.0 (git describe of the build)": what `--version` and `status --json` say.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SEALROOT_BUILD"), ")");
+
 pub mod approval;
 pub mod authenticode;
 pub mod cmd;

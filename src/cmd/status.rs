@@ -76,6 +76,7 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
         Reencryption::Crash => Some("interrupted (resumes on the next run)"),
     };
     Ok(json!({
+        "sealroot": crate::VERSION,
         "device": o.device.display().to_string(),
         "uuid": uuid,
         "reencryption": reencryption,
