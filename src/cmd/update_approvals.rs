@@ -125,7 +125,9 @@ pub fn run(o: &UpdateOptions) -> Result<Vec<String>> {
             let bank = newest.bank;
             let pcrs = newest.pcrs();
             let now = this_boot(&log, &mut tpm, bank, &pcrs)?;
-            let approved_now = approvals.iter().any(|(_, a)| a.sets.contains(&now));
+            let approved_now = approvals
+                .iter()
+                .any(|(_, a)| a.sets.iter().any(|s| same_set(s, &now)));
             let now_events = predict::record(&log, &pcrs, bank);
             let mut sets: Vec<(PcrSet, Vec<RecordedEvent>)> = Vec::new();
             if approved_now {
@@ -139,7 +141,8 @@ pub fn run(o: &UpdateOptions) -> Result<Vec<String>> {
                     ));
                     continue;
                 }
-                if approvals.len() == 1 && newest.sets == [now.clone()] {
+                if approvals.len() == 1 && newest.sets.len() == 1 && same_set(&newest.sets[0], &now)
+                {
                     done.push(format!("{label}: only this boot is approved already"));
                     continue;
                 }
@@ -164,7 +167,7 @@ pub fn run(o: &UpdateOptions) -> Result<Vec<String>> {
                         unapproved_why(newest, &now)
                     ));
                 }
-                if !sets.iter().any(|(s, _)| *s == next) {
+                if !sets.iter().any(|(s, _)| same_set(s, &next)) {
                     sets.push((next, predict::record(&next_log, &pcrs, bank)));
                 }
                 if approved_now && sets.len() == 1 {
@@ -205,6 +208,16 @@ pub fn run(o: &UpdateOptions) -> Result<Vec<String>> {
         }
     }
     Ok(done)
+}
+
+/// The same PCR values, whatever the order they are listed in.
+fn same_set(a: &[(u32, Vec<u8>)], b: &[(u32, Vec<u8>)]) -> bool {
+    let sorted = |s: &[(u32, Vec<u8>)]| {
+        let mut v = s.to_vec();
+        v.sort();
+        v
+    };
+    sorted(a) == sorted(b)
 }
 
 fn is_approval_for(json: &Value, policy_ref: &[u8]) -> bool {
