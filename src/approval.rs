@@ -279,6 +279,16 @@ impl Approval {
     }
 }
 
+/// The serial of a new approval: the time, but always above the newest one's (newer
+/// approvals are tried first, whatever the clock says).
+pub fn next_serial(latest: u64) -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+        .max(latest + 1)
+}
+
 /// Signs an approval of `sets` for the token with `policy_ref`. The fence PCR is not the
 /// approval's business: the static policy asserts it after PolicyAuthorize.
 pub fn sign(
@@ -435,7 +445,8 @@ pub fn verify(
             && e.iter().flatten().all(|ev| {
                 EVENT_WORDS.contains(&ev.what.as_str())
                     && ev.pcr < PCR_COUNT
-                    && hex::decode(&ev.digest).is_ok_and(|d| d.len() == bank.digest_len())
+                    && hex::decode(&ev.digest)
+                        .is_ok_and(|d| d.len() == crate::predict::RECORDED_DIGEST_LEN)
             })
     });
     Ok(Approval {

@@ -265,10 +265,14 @@ pub enum Command {
         /// The next boot is QEMU's direct kernel boot with this much memory (see predict).
         #[arg(long, value_name = "MIB")]
         qemu_direct_boot: Option<u64>,
-        /// Narrow the approvals to this boot, once it has succeeded (nothing when this
-        /// boot is not approved).
+        /// Narrow the approvals to this boot, once it has succeeded, when it is one the
+        /// hooks approved as the next (nothing when this boot is not approved).
         #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline"])]
         prune: bool,
+        /// A passphrase of DEVICE (exact bytes; `-` for stdin): recovers the local key
+        /// after a boot that did not unlock by the TPM, and leaves it in root's keyring.
+        #[arg(long, value_name = "FILE")]
+        unlock_key_file: Option<PathBuf>,
         #[arg(
             long,
             value_name = "FILE",

@@ -332,6 +332,7 @@ impl Provisioning<'_> {
             policy_key: None,
             counter: None,
             local_key: None,
+            local_key_vk: None,
         };
         self.vol.add_token(&token.to_json())?;
         crash_point("sealed-token");

@@ -10,16 +10,21 @@ use nix::libc;
 
 use crate::secret::Secret;
 
+const KEY_SPEC_PROCESS_KEYRING: libc::c_long = -2;
 const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
+const KEYCTL_INVALIDATE: libc::c_long = 21;
+const KEYCTL_LINK: libc::c_long = 8;
 const KEYCTL_SETPERM: libc::c_long = 5;
 const KEYCTL_DESCRIBE: libc::c_long = 6;
 const KEYCTL_UNLINK: libc::c_long = 9;
 const KEYCTL_SEARCH: libc::c_long = 10;
 const KEYCTL_READ: libc::c_long = 11;
-/// Possessor: everything; the owning user (uid 0): view, read, search. Services that run
-/// with a private session keyring (systemd's default) do not possess root's user keyring,
-/// so the user bits must allow reading.
-const PERM: libc::c_long = 0x3f0b_0000;
+/// The owning user (uid 0) everything, possessors nothing: possession is about keyrings,
+/// not uids — a process that dropped to another uid still possesses root's user keyring
+/// when its session keyring links it (pam_keyinit does), and possessor rights would let
+/// it read the key. Services with a private session keyring (systemd's default) do not
+/// possess it at all, so uid 0 must be able to read through the user bits.
+const PERM: libc::c_long = 0x003f_0000;
 
 fn c(s: &str) -> io::Result<CString> {
     CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in a key name"))
@@ -33,8 +38,17 @@ fn check(r: libc::c_long) -> io::Result<libc::c_long> {
     }
 }
 
-/// Adds (or replaces) a "user" key in root's user keyring.
+/// Adds (or replaces) a "user" key in root's user keyring. It is made in this process's
+/// own keyring, restricted, and only then linked where others look: never readable with
+/// the kernel's default rights, not even for a moment.
 pub fn store(description: &str, payload: &[u8]) -> io::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "only root keeps keys in root's keyring",
+        ));
+    }
     let kind = c("user")?;
     let desc = c(description)?;
     // SAFETY: every pointer is valid for the length passed, for the call's duration.
@@ -45,12 +59,46 @@ pub fn store(description: &str, payload: &[u8]) -> io::Result<()> {
             desc.as_ptr(),
             payload.as_ptr(),
             payload.len(),
-            KEY_SPEC_USER_KEYRING,
+            KEY_SPEC_PROCESS_KEYRING,
         )
     })?;
     // SAFETY: plain integer arguments.
-    check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_SETPERM, id, PERM) })?;
+    let linked = check(unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_SETPERM, id, PERM) })
+        .and_then(|_| {
+            // SAFETY: plain integer arguments.
+            check(unsafe {
+                libc::syscall(libc::SYS_keyctl, KEYCTL_LINK, id, KEY_SPEC_USER_KEYRING)
+            })
+        });
+    if let Err(e) = linked {
+        // SAFETY: plain integer arguments.
+        unsafe { libc::syscall(libc::SYS_keyctl, KEYCTL_INVALIDATE, id) };
+        return Err(e);
+    }
     Ok(())
+}
+
+/// Only keys that root owns: anyone who possesses root's user keyring may add keys to it.
+fn owned_by_root(id: libc::c_long) -> Option<String> {
+    let mut buf = vec![0u8; 512];
+    // SAFETY: the buffer is writable for the length passed.
+    let len = check(unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            KEYCTL_DESCRIBE,
+            id,
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    })
+    .ok()? as usize;
+    let text = String::from_utf8_lossy(&buf[..len.min(buf.len())]).to_string();
+    // "type;uid;gid;perm;description\0"
+    let mut parts = text.trim_end_matches('\0').splitn(5, ';');
+    let kind = parts.next()?;
+    let uid = parts.next()?;
+    let description = parts.nth(2)?;
+    (kind == "user" && uid == "0").then(|| description.to_string())
 }
 
 fn search(description: &str) -> io::Result<Option<libc::c_long>> {
@@ -78,7 +126,7 @@ fn search(description: &str) -> io::Result<Option<libc::c_long>> {
 
 /// The payload of a "user" key, if there is one with this description.
 pub fn load(description: &str, max: usize) -> io::Result<Option<Secret>> {
-    let Some(id) = search(description)? else {
+    let Some(id) = search(description)?.filter(|id| owned_by_root(*id).is_some()) else {
         return Ok(None);
     };
     let mut buf = Secret::zeroed(max);
@@ -129,29 +177,10 @@ pub fn list(prefix: &str) -> io::Result<Vec<String>> {
     ids.truncate((n / 4).min(256));
     let mut out = Vec::new();
     for id in ids {
-        let mut buf = vec![0u8; 512];
-        // SAFETY: the buffer is writable for the length passed.
-        let Ok(len) = check(unsafe {
-            libc::syscall(
-                libc::SYS_keyctl,
-                KEYCTL_DESCRIBE,
-                id as libc::c_long,
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        }) else {
-            continue;
-        };
-        let text = String::from_utf8_lossy(&buf[..(len as usize).min(buf.len())]);
-        // "type;uid;gid;perm;description\0"
-        let mut parts = text.trim_end_matches('\0').splitn(5, ';');
-        if parts.next() != Some("user") {
-            continue;
-        }
-        if let Some(desc) = parts.nth(3)
+        if let Some(desc) = owned_by_root(id as libc::c_long)
             && desc.starts_with(prefix)
         {
-            out.push(desc.to_string());
+            out.push(desc);
         }
     }
     Ok(out)
@@ -172,5 +201,68 @@ mod tests {
         remove(&desc).expect("unlink");
         assert!(load(&desc, 64).expect("read").is_none());
         assert!(!list("sealroot-test:").expect("list").contains(&desc));
+    }
+
+    /// A process that dropped root but still possesses root's user keyring (its session
+    /// keyring links it, as pam_keyinit arranges) can neither read nor change the key.
+    #[test]
+    fn a_process_that_dropped_root_cannot_read_the_key() {
+        use std::os::unix::process::CommandExt;
+        const KEY_SPEC_SESSION_KEYRING: libc::c_long = -3;
+        const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+        let desc = format!("sealroot-test:{}:{}", std::process::id(), line!());
+        store(&desc, b"scalar").expect("add_key");
+        let id = search(&desc).expect("search").expect("present");
+        // SAFETY: plain syscalls on this thread's credentials.
+        unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            );
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_LINK,
+                KEY_SPEC_USER_KEYRING,
+                KEY_SPEC_SESSION_KEYRING,
+            );
+        }
+        let mut cmd = std::process::Command::new("/bin/true");
+        // SAFETY: only syscalls between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setresuid(65534, 65534, 65534) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let mut buf = [0u8; 16];
+                let read = libc::syscall(libc::SYS_keyctl, KEYCTL_READ, id, buf.as_mut_ptr(), 16);
+                let kind = c"user";
+                let desc = c"sealroot-test:overwrite";
+                let write = libc::syscall(
+                    libc::SYS_add_key,
+                    kind.as_ptr(),
+                    desc.as_ptr(),
+                    buf.as_ptr(),
+                    4usize,
+                    KEY_SPEC_SESSION_KEYRING,
+                );
+                let update = libc::syscall(
+                    libc::SYS_keyctl,
+                    2 as libc::c_long,
+                    id,
+                    buf.as_ptr(),
+                    4usize,
+                );
+                let _ = write;
+                if read >= 0 || update >= 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EEXIST));
+                }
+                Ok(())
+            });
+        }
+        let outcome = cmd.status();
+        remove(&desc).expect("unlink");
+        let status = outcome.expect("the child could read or change root's key");
+        assert!(status.success());
     }
 }

@@ -271,6 +271,7 @@ fn run(command: Command) -> u8 {
             cmdline,
             qemu_direct_boot,
             prune,
+            unlock_key_file,
             eventlog,
             tcti,
         } => match update_approvals::run(&update_approvals::UpdateOptions {
@@ -281,6 +282,7 @@ fn run(command: Command) -> u8 {
             loader: sealroot::predict::loader(qemu_direct_boot),
             prune,
             devices,
+            unlock_key_file,
             tcti: tcti.tcti,
         }) {
             Ok(lines) => {

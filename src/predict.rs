@@ -67,7 +67,14 @@ pub fn apply(log: &mut EventLog, next: &NextBoot<'_>) -> Result<(), String> {
         let image = match next.loader {
             Loader::EfiStub => image.to_vec(),
             Loader::QemuDirect { memory_mib } => {
-                let initrd_len = next.initrd.map(|i| i.len()).unwrap_or(0);
+                // QEMU writes the initrd's size and address into the header.
+                let initrd_len = match next.initrd {
+                    Some(i) => i.len(),
+                    None if has_initrd(log) => {
+                        return Err("under QEMU's direct kernel boot the kernel's measurement depends on the initrd's size: give --initrd too".into());
+                    }
+                    None => 0,
+                };
                 qemu_patched_kernel(image, initrd_len, memory_mib, next.cmdline.unwrap_or(""))?
             }
         };
@@ -150,10 +157,11 @@ pub fn qemu_patched_kernel(
             "boot protocol {protocol:#x}: only bzImages with protocol 2.12 or newer are modelled"
         ));
     }
-    if cmdline.split_whitespace().any(|w| w.starts_with("vga=")) {
+    // QEMU looks for "vga=" anywhere in the command line (strstr).
+    if cmdline.contains("vga=") {
         return Err("QEMU rewrites the header for vga=, which is not modelled".into());
     }
-    let memory = memory_mib * 1024 * 1024;
+    let memory = memory_mib.saturating_mul(1024 * 1024);
     // q35: RAM below 4 GiB, as QEMU lays it out.
     let below_4g = if memory >= 0xb000_0000 {
         0x8000_0000
@@ -166,9 +174,13 @@ pub fn qemu_patched_kernel(
     } else {
         u32::from_le_bytes([image[0x22c], image[0x22d], image[0x22e], image[0x22f]]) as u64
     };
-    if initrd_max >= below_4g - ACPI_DATA_SIZE {
-        initrd_max = below_4g - ACPI_DATA_SIZE - 1;
-    }
+    let usable = below_4g
+        .checked_sub(ACPI_DATA_SIZE + 1)
+        .filter(|_| memory_mib >= 16)
+        .ok_or(format!(
+            "--qemu-direct-boot {memory_mib}: not a guest memory size in MiB"
+        ))?;
+    initrd_max = initrd_max.min(usable);
     let initrd_addr = initrd_max
         .checked_sub(initrd_len as u64)
         .ok_or("the initrd does not fit below 4 GiB")?
@@ -197,6 +209,11 @@ fn what(e: &Event, kernel: Option<usize>) -> &'static str {
     }
 }
 
+/// Bytes of each digest an approval records: enough to tell events apart in an
+/// explanation (the PCR values, not these, are what the TPM checks), and small enough that
+/// eight sets of events fit the LUKS2 header's JSON area beside the tokens.
+pub const RECORDED_DIGEST_LEN: usize = 8;
+
 /// The log's events of `pcrs` in one bank, as an approval records them.
 pub fn record(log: &EventLog, pcrs: &[u32], bank: PcrBank) -> Vec<RecordedEvent> {
     let kernel = kernel_event(log).map(|e| e.number);
@@ -207,7 +224,7 @@ pub fn record(log: &EventLog, pcrs: &[u32], bank: PcrBank) -> Vec<RecordedEvent>
             Some(RecordedEvent {
                 pcr: e.pcr,
                 what: what(e, kernel).to_string(),
-                digest: hex::encode(e.digests.get(&bank)?),
+                digest: hex::encode(e.digests.get(&bank)?.get(..RECORDED_DIGEST_LEN)?),
             })
         })
         .collect()

@@ -168,7 +168,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         None => input::read_terminal(&format!("Passphrase that opens {}: ", o.device.display()))?,
     };
     // Fail on a wrong passphrase before the TPM is touched or anything is written.
-    vol.volume_key(None, existing.expose())?;
+    let (_, volume_key) = vol.volume_key(None, existing.expose())?;
 
     let pin_secret = if o.pin { Some(read_new_pin(o)?) } else { None };
 
@@ -274,11 +274,16 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         Target::ThisTpm { .. } => tpm.get()?.seal(&srk, &secret, &policy, auth.as_ref())?,
         Target::Offline { key, .. } => seal_offline(key, &secret, &policy, auth.as_ref())?,
     };
-    let local_key = match (&local_scalar, &policy_key) {
+    let (local_key, local_key_vk) = match (&local_scalar, &policy_key) {
         (Some((scalar, _)), Some((_, policy_ref))) => {
-            Some(local_key::wrap(secret.expose(), policy_ref, scalar).map_err(Error::Other)?)
+            let wrap =
+                |ikm: &[u8], by| local_key::wrap(ikm, by, policy_ref, scalar).map_err(Error::Other);
+            (
+                Some(wrap(secret.expose(), local_key::WrappedBy::SealedSecret)?),
+                Some(wrap(volume_key.expose(), local_key::WrappedBy::VolumeKey)?),
+            )
         }
-        _ => None,
+        _ => (None, None),
     };
     let passphrase = passphrase_of(&secret);
     let counter = if o.revocable {
@@ -302,6 +307,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         policy_key,
         counter,
         local_key,
+        local_key_vk,
     };
     let token_id = match vol.add_token(&token.to_json()) {
         Ok(id) => id,
@@ -310,22 +316,19 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
             return Err(e.into());
         }
     };
+    let mut approval_id = None;
     if let (Some((scalar, _)), Some(values), Some((_, policy_ref))) =
         (&local_scalar, &approved_now, &token.policy_key)
     {
         let first = first_approval(scalar, policy_ref, bank, values)
             .and_then(|json| Ok(vol.add_token(&json)?));
-        if let Err(e) = first {
-            let _ = vol.remove_token(token_id);
-            let _ = vol.destroy_keyslot(keyslot);
-            return Err(e);
-        }
-        // The enrolling root may approve updates before the next boot, too.
-        let uuid = vol.uuid()?;
-        if let Err(e) = local_key::publish(&uuid, scalar) {
-            console::error(&format!(
-                "warning: cannot leave the local approval key in root's keyring ({e}); it is there after the next unlock"
-            ));
+        match first {
+            Ok(id) => approval_id = Some(id),
+            Err(e) => {
+                let _ = vol.remove_token(token_id);
+                let _ = vol.destroy_keyslot(keyslot);
+                return Err(e);
+            }
         }
     }
 
@@ -335,6 +338,9 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         match add_recovery_key(&mut vol, &existing) {
             Ok(slot) => Some(slot),
             Err(e) => {
+                if let Some(id) = approval_id {
+                    let _ = vol.remove_token(id);
+                }
                 let _ = vol.remove_token(token_id);
                 let _ = vol.destroy_keyslot(keyslot);
                 return Err(e);
@@ -343,6 +349,18 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
     } else {
         None
     };
+    // Enrolled: the enrolling root may approve updates before the next boot, too.
+    if let Some((scalar, _)) = &local_scalar {
+        let published = vol
+            .uuid()
+            .map_err(|e| e.to_string())
+            .and_then(|uuid| local_key::publish(&uuid, scalar).map_err(|e| e.to_string()));
+        if let Err(e) = published {
+            console::error(&format!(
+                "warning: cannot leave the local approval key in root's keyring ({e}); the next unlock by the TPM does"
+            ));
+        }
+    }
     Ok(Enrolled {
         token: token_id,
         keyslot,

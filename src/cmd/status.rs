@@ -91,7 +91,10 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
 /// nearest approved boot (from the event log and the events the approval recorded).
 fn explain_approvals(t: &mut Value, a: &crate::tokens::Approvals, uuid: &str, eventlog: &Path) {
     if a.local_key.is_some() {
+        // SAFETY: geteuid cannot fail.
+        let root = unsafe { nix::libc::geteuid() } == 0;
         t["local_approval_key"] = json!(match crate::local_key::find(uuid) {
+            _ if !root => "unknown (only root can look into root's keyring)",
             Ok(Some(_)) => "loaded",
             Ok(None) => "not loaded",
             Err(_) => "unreadable",
@@ -356,9 +359,10 @@ pub fn render_text(s: &Value) -> String {
             Some("loaded") => {
                 out += "  local approval key: loaded in root's keyring (the update hooks approve new boots)\n"
             }
-            Some(_) => {
-                out += "  local approval key: not in root's keyring (this boot was not unlocked by this token); updates need `sealroot approve`\n"
+            Some("not loaded") => {
+                out += "  local approval key: not in root's keyring (this boot was not unlocked by this token); before an update, put it back with `sealroot update-approvals DEVICE --unlock-key-file FILE` (a passphrase of the volume)\n"
             }
+            Some(other) => out += &format!("  local approval key: {other}\n"),
             None => {}
         }
         for line in get(t, "explanations").as_array().into_iter().flatten() {

@@ -250,10 +250,14 @@ fn unlock_with_plan(
         .passphrase(&secret)
         .map_err(|e| Error::NoUsableToken(e.to_string()))?;
     let local_key = match plan.approvals.as_ref() {
-        Some(a) if !test => a
-            .local_key
-            .as_ref()
-            .map(|wrapped| local_key::unwrap(secret.expose(), &a.policy_ref, wrapped)),
+        Some(a) if !test => a.local_key.as_ref().map(|wrapped| {
+            local_key::unwrap(
+                secret.expose(),
+                local_key::WrappedBy::SealedSecret,
+                &a.policy_ref,
+                wrapped,
+            )
+        }),
         _ => None,
     };
     drop(secret);
@@ -280,7 +284,7 @@ fn unlock_with_plan(
         match published {
             Ok(()) => log::debug!("local approval key left in root's keyring"),
             Err(e) => console::error(&format!(
-                "warning: the local approval key is not available to the booted system ({e}); updates need `sealroot approve` with a key file until the next boot"
+                "warning: the local approval key is not available to the booted system ({e}); before an update, run `sealroot update-approvals --unlock-key-file FILE` with a passphrase of the volume"
             )),
         }
     }

@@ -83,6 +83,10 @@ struct TokenJson {
     /// (`enroll --local-approval`, `local_key`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tpm2_local_approval_key: Option<String>,
+    /// The same, encrypted under the volume key: `update-approvals --unlock-key-file`
+    /// recovers it with a passphrase after a boot that was not approved.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_local_approval_key_vk: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,8 +111,10 @@ pub struct SealrootToken {
     pub policy_key: Option<(PolicyKey, Vec<u8>)>,
     /// The revocation counter of a signed policy, if any.
     pub counter: Option<NvCounter>,
-    /// The policy key's private half, encrypted under the sealed secret.
+    /// The policy key's private half, encrypted under the sealed secret, and under the
+    /// volume key.
     pub local_key: Option<Vec<u8>>,
+    pub local_key_vk: Option<Vec<u8>>,
 }
 
 impl SealrootToken {
@@ -172,6 +178,7 @@ impl SealrootToken {
             tpm2_nv_name: self.counter.as_ref().map(|c| hex::encode(&c.name)),
             tpm2_nv_value: self.counter.as_ref().map(|c| c.value),
             tpm2_local_approval_key: self.local_key.as_ref().map(|k| B64.encode(k)),
+            tpm2_local_approval_key_vk: self.local_key_vk.as_ref().map(|k| B64.encode(k)),
         };
         // Serializing a struct of strings, numbers and maps with string keys cannot fail.
         serde_json::to_value(json).unwrap_or(Value::Null)
@@ -341,6 +348,19 @@ impl SealrootToken {
                     B64.decode(k)
                         .map_err(|e| bad(format!("tpm2_local_approval_key is not base64: {e}")))?,
                 ),
+                None => None,
+            },
+            local_key_vk: match &json.tpm2_local_approval_key_vk {
+                Some(_) if json.tpm2_local_approval_key.is_none() => {
+                    return Err(bad(
+                        "tpm2_local_approval_key_vk without tpm2_local_approval_key".into(),
+                    ));
+                }
+                Some(k) => {
+                    Some(B64.decode(k).map_err(|e| {
+                        bad(format!("tpm2_local_approval_key_vk is not base64: {e}"))
+                    })?)
+                }
                 None => None,
             },
             policy_key,
