@@ -109,6 +109,13 @@ impl Swtpm {
         self.child = next.into_child();
     }
 
+    /// The same after an orderly TPM2_Shutdown: a reset that costs no dictionary-attack
+    /// strike (a TPM stopped without one counts a strike when a PIN object was used).
+    pub fn orderly_reset(&mut self) {
+        self.tools(&["tpm2_shutdown", "-c"]);
+        self.reset();
+    }
+
     fn into_child(mut self) -> Option<Child> {
         self.child.take()
     }
@@ -550,6 +557,124 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut record: impl FnMut(&[u8])) {
         record(&buf[..n]);
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// The secret a sealroot token seals, unsealed with tpm2-tools alone (Load under the
+/// recorded SRK handle, a policy session with PolicyPCR over the token's PCRs and, with a
+/// PIN, PolicyAuthValue and the authValue derived here from the documented formula), so a
+/// test's notion of the secret does not come from sealroot. Every handle is flushed.
+pub fn unseal_independently(f: &Fixture, token_id: u32, pin: Option<&[u8]>) -> Vec<u8> {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as B64;
+    let token = export_token(&f.image, token_id);
+    let blob = B64
+        .decode(token["tpm2_blob"].as_str().expect("tpm2_blob"))
+        .expect("base64 blob");
+    let private_len = 2 + usize::from(u16::from_be_bytes([blob[0], blob[1]]));
+    let dir = tempfile::tempdir_in(f.dir.path()).expect("tempdir");
+    let file = |name: &str| dir.path().join(name).to_str().expect("utf8").to_string();
+    std::fs::write(file("priv"), &blob[..private_len]).expect("write");
+    std::fs::write(file("pub"), &blob[private_len..]).expect("write");
+    let pcrs: Vec<String> = token["tpm2_pcrs"]
+        .as_array()
+        .expect("tpm2_pcrs")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let handle = token["tpm2_srk_handle"].as_str().expect("handle");
+    let (obj, session, out) = (file("obj.ctx"), file("session.ctx"), file("secret"));
+    let t = &f.tpm;
+    t.tools(&[
+        "tpm2_load",
+        "-C",
+        handle,
+        "-u",
+        &file("pub"),
+        "-r",
+        &file("priv"),
+        "-c",
+        &obj,
+    ]);
+    t.tools(&["tpm2_startauthsession", "--policy-session", "-S", &session]);
+    let selection = format!("sha256:{}", pcrs.join(","));
+    t.tools(&["tpm2_policypcr", "-S", &session, "-l", &selection]);
+    let mut auth = format!("session:{session}");
+    if let Some(pin) = pin {
+        t.tools(&["tpm2_policyauthvalue", "-S", &session]);
+        let salt = B64
+            .decode(token["tpm2_pin_salt"].as_str().expect("salt"))
+            .expect("base64 salt");
+        let iterations = token["tpm2_pin_iterations"].as_u64().expect("iterations") as u32;
+        let mut stretched = [0u8; 32];
+        pbkdf2::pbkdf2_hmac::<Sha256>(pin, &salt, iterations, &mut stretched);
+        let digest = Sha256::digest(B64.encode(stretched).as_bytes());
+        let value = digest.as_slice();
+        let end = value.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+        auth.push_str(&format!("+hex:{}", hex::encode(&value[..end])));
+    }
+    t.tools(&["tpm2_unseal", "-c", &obj, "-p", &auth, "-o", &out]);
+    t.tools(&["tpm2_flushcontext", &session]);
+    t.tools(&["tpm2_flushcontext", "-t"]);
+    std::fs::read(&out).expect("unsealed secret")
+}
+
+/// The LUKS volume key as cryptsetup dumps it with `passfile` (independent of sealroot).
+pub fn volume_key(image: &Path, passfile: &Path) -> Vec<u8> {
+    let out = checked(
+        Command::new("cryptsetup")
+            .args([
+                "luksDump",
+                "--dump-volume-key",
+                "--batch-mode",
+                "--key-file",
+            ])
+            .arg(passfile)
+            .arg(image),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dump = text.split("MK dump:").nth(1).expect("MK dump in luksDump");
+    let hex: String = dump.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    hex::decode(hex).expect("hex volume key")
+}
+
+/// Whether `passphrase` opens `keyslot` of `image`, asked of cryptsetup (passed on stdin).
+pub fn opens_keyslot(image: &Path, keyslot: u32, passphrase: &[u8]) -> bool {
+    let mut child = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file", "-", "--key-slot"])
+        .arg(keyslot.to_string())
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cryptsetup");
+    let _ = child.stdin.take().expect("stdin").write_all(passphrase);
+    child.wait().expect("wait").success()
+}
+
+/// A child process killed (SIGKILL) and reaped by its PID when the guard drops, also when
+/// the test panics.
+pub struct Reaped(pub Option<Child>);
+
+impl Reaped {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().expect("child").id() as i32
+    }
+
+    /// Waits for the exit; the code (-1 when killed by a signal).
+    pub fn wait(&mut self) -> i32 {
+        let mut c = self.0.take().expect("child");
+        c.wait().expect("wait").code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
