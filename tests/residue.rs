@@ -26,56 +26,10 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{Fixture, Reaped, contains, export_token, opens_keyslot, unseal_independently};
-
-/// One value that must not survive, by name.
-struct Needle {
-    what: &'static str,
-    value: Vec<u8>,
-}
-
-/// The forms a value can take in memory or a log: raw, hex (either case), base64 (without
-/// padding, which depends on the alignment in a larger text), and for keys of 32 bytes or
-/// more every 16-byte fragment (half an AES-256 key, an XTS half-key's first round key).
-fn forms(value: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let mut out = vec![
-        ("raw".to_string(), value.to_vec()),
-        ("hex".to_string(), hex::encode(value).into_bytes()),
-        ("HEX".to_string(), hex::encode_upper(value).into_bytes()),
-        (
-            "base64".to_string(),
-            B64.encode(value).trim_end_matches('=').as_bytes().to_vec(),
-        ),
-    ];
-    if value.len() >= 32 {
-        for start in (0..value.len()).step_by(16) {
-            let end = (start + 16).min(value.len());
-            out.push((format!("raw[{start}..{end}]"), value[start..end].to_vec()));
-        }
-    }
-    out
-}
-
-fn count(haystack: &[u8], needle: &[u8]) -> usize {
-    if needle.is_empty() {
-        return 0;
-    }
-    memchr::memmem::find_iter(haystack, needle).count()
-}
-
-/// Every (needle, form) found in `haystack`, with its number of copies.
-fn search(needles: &[Needle], haystack: &[u8]) -> Vec<(String, usize)> {
-    let mut found = Vec::new();
-    for n in needles {
-        for (form, bytes) in forms(&n.value) {
-            let c = count(haystack, &bytes);
-            if c > 0 {
-                found.push((format!("{} ({form})", n.what), c));
-            }
-        }
-    }
-    found
-}
+use common::{
+    Fixture, Needle, Reaped, contains, export_token, forms, opens_keyslot, search,
+    unseal_independently,
+};
 
 /// Residue: place → what was found there, with copies.
 type Findings = BTreeMap<String, Vec<(String, usize)>>;
@@ -200,22 +154,14 @@ fn scenario(pin: Option<&str>) -> Scenario {
         .map(|s| s.to_string())
         .collect();
     if let Some(pin) = pin {
-        let salt = B64
-            .decode(token["tpm2_pin_salt"].as_str().unwrap())
-            .unwrap();
-        let iterations = token["tpm2_pin_iterations"].as_u64().unwrap() as u32;
-        let auth = sealroot::pin::auth_value(
-            &sealroot::secret::Secret::from_slice(pin.as_bytes()),
-            &salt,
-            iterations,
-        );
+        let auth = common::pin_auth_value(&token, pin.as_bytes());
         needles.push(Needle {
             what: "PIN",
             value: pin.as_bytes().to_vec(),
         });
         needles.push(Needle {
             what: "PIN authValue",
-            value: auth.expose().to_vec(),
+            value: auth,
         });
         args.push("--pin-file".into());
         args.push(f.path("pin").to_str().unwrap().to_string());
