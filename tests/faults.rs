@@ -527,8 +527,8 @@ fn a_full_run_and_an_unwritable_working_directory_change_nothing() {
         "mount -t tmpfs -o size=64k tmpfs /run\n\
          dd if=/dev/zero of=/run/fill bs=4k 2>/dev/null || true\n\
          mount -t tmpfs -o ro tmpfs '{c}'\n\
-         if echo x >/run/probe 2>/dev/null; then echo /run is not full >&2; exit 99; fi\n\
-         if echo x >'{c}/probe' 2>/dev/null; then echo cwd is writable >&2; exit 98; fi"
+         if (echo x >/run/probe) 2>/dev/null; then echo /run is not full >&2; exit 99; fi\n\
+         if (echo x >'{c}/probe') 2>/dev/null; then echo cwd is writable >&2; exit 98; fi"
     );
     let img = f.image.to_str().unwrap();
     let tcti = f.tpm.tcti();
