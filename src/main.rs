@@ -26,7 +26,19 @@ fn main() -> ExitCode {
     let _ = nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_CORE, 0, 0);
     // Nor can another process of the same user read them through ptrace or /proc/PID/mem.
     let _ = nix::sys::prctl::set_dumpable(false);
-    ExitCode::from(run(cli.command))
+    let code = run(cli.command);
+    pause_before_exit();
+    ExitCode::from(code)
+}
+
+/// Test hook: `SEALROOT_TEST_PAUSE_BEFORE_EXIT=1` stops the process (SIGSTOP to itself) when
+/// the command is done, just before main returns, so tests/residue.rs can read its whole
+/// memory for secrets left behind; SIGCONT lets it exit. The boot scripts run sealroot
+/// with an empty environment.
+fn pause_before_exit() {
+    if std::env::var_os("SEALROOT_TEST_PAUSE_BEFORE_EXIT").is_some_and(|v| v == "1") {
+        let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGSTOP);
+    }
 }
 
 /// tpm2-tss prints its own warnings on stderr for every TPM error, including expected ones;

@@ -117,6 +117,16 @@ impl Secret {
     }
 }
 
+/// Zeroes 64 KiB of stack below the caller. C libraries leave secrets in locals they do not
+/// wipe (tpm2-tss decrypts a response parameter, and keeps its session key, in stack
+/// arrays); once such a call has returned its frames are dead, and this frame covers them.
+#[inline(never)]
+pub fn wipe_stack() {
+    let mut area = [0u8; 64 * 1024];
+    area.zeroize();
+    std::hint::black_box(&mut area);
+}
+
 fn lock(buf: &[u8]) -> bool {
     // SAFETY: the range is a live allocation owned by the Secret for its whole life.
     let ptr = std::ptr::NonNull::new(buf.as_ptr() as *mut std::ffi::c_void);

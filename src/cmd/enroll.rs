@@ -163,6 +163,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         crate::trust::check_fence(f, &o.pcrs).map_err(Error::Usage)?;
     }
     let mut vol = Volume::open(&o.device)?;
+    vol.check_writable()?;
     let existing = match &o.unlock_key_file {
         Some(p) => input::read_key_file(p)?,
         None => input::read_terminal(&format!("Passphrase that opens {}: ", o.device.display()))?,

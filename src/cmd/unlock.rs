@@ -90,9 +90,14 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
     // The configured fence, whatever the headers said and whatever happened above.
     let mut fence_error = None;
     if let (false, Some(pcr)) = (o.no_fence, o.trust.fence_pcr) {
-        let r = tpm
-            .get()
-            .and_then(|ctx| ctx.pcr_event(pcr, &fence::event(&measurements)));
+        let event = fence::event(&measurements);
+        let mut r = tpm.get().and_then(|ctx| ctx.pcr_event(pcr, &event));
+        if r.is_err() {
+            // Once more on a fresh context: a connection lost mid-unlock leaves the old one
+            // unusable although the TPM may answer again (extending twice does no harm).
+            tpm.reopen();
+            r = tpm.get().and_then(|ctx| ctx.pcr_event(pcr, &event));
+        }
         match r {
             Err(e) => fence_error = Some(e),
             Ok(()) => console::progress(&format!("fence PCR {pcr} extended")),

@@ -19,6 +19,10 @@ pub enum LuksError {
         "{path} is not a LUKS2 volume ({reason}); sealroot needs LUKS2 (see `cryptsetup convert --type luks2`)"
     )]
     NotLuks2 { path: String, reason: String },
+    #[error(
+        "{path} cannot be written ({reason}); a keyslot and a token must be added to its LUKS2 header: make it writable and try again"
+    )]
+    ReadOnly { path: String, reason: String },
     #[error("the passphrase does not open any keyslot of {path}; check it and try again")]
     WrongPassphrase { path: String },
     #[error("{op} on {path} failed: {reason}")]
@@ -34,7 +38,7 @@ impl LuksError {
         match self {
             LuksError::Missing { .. } | LuksError::NotLuks2 { .. } => exit::DEVICE,
             LuksError::WrongPassphrase { .. } => exit::USAGE,
-            LuksError::Op { .. } => exit::FAILURE,
+            LuksError::Op { .. } | LuksError::ReadOnly { .. } => exit::FAILURE,
         }
     }
 }
@@ -125,6 +129,20 @@ impl Volume {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Fails unless the device can be opened for writing (a read-only file system or
+    /// device): asked before anything is read or sealed, so a header that cannot take the
+    /// result is refused with a clear reason instead of an I/O error halfway.
+    pub fn check_writable(&self) -> Result<(), LuksError> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .map(drop)
+            .map_err(|e| LuksError::ReadOnly {
+                path: self.path.display().to_string(),
+                reason: e.to_string(),
+            })
     }
 
     pub(super) fn op_err(&self, op: &'static str, e: LibcryptErr) -> LuksError {

@@ -122,6 +122,13 @@ impl LazyTpm {
         }
     }
 
+    /// Forgets the context (or the failure to open one): the next `get` opens the TPM
+    /// again. After a transport failure ESAPI refuses every later command on its context,
+    /// although the TPM may answer a new one.
+    pub fn reopen(&mut self) {
+        self.tpm = None;
+    }
+
     pub fn get(&mut self) -> Result<&mut Tpm, TpmError> {
         let tcti = &self.tcti;
         let slot = self.tpm.get_or_insert_with(|| {

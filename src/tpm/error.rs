@@ -35,6 +35,10 @@ pub enum TpmError {
         "refused: {detail}: the key was sealed by another TPM, this TPM was cleared, or the header was altered (nothing was sent to the TPM under the recorded key); use `sealroot recover`"
     )]
     UntrustedParent { detail: String },
+    #[error(
+        "the TPM has no room for another object or session ({op}: 0x{rc:x}): software without a resource manager left some loaded; reboot (or flush them with tpm2_flushcontext), or use `sealroot recover`"
+    )]
+    Full { op: &'static str, rc: u32 },
     #[error("PCRs kept changing during the policy check; try again")]
     PcrChanged,
     #[error("TPM command {op} failed: {rc}")]
@@ -46,7 +50,7 @@ pub enum TpmError {
 impl TpmError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            TpmError::Unavailable { .. } => exit::TPM_UNAVAILABLE,
+            TpmError::Unavailable { .. } | TpmError::Full { .. } => exit::TPM_UNAVAILABLE,
             TpmError::PolicyMismatch { .. } | TpmError::PcrChanged => exit::POLICY_MISMATCH,
             TpmError::WrongPin | TpmError::PinNeeded | TpmError::Lockout => exit::WRONG_PIN,
             TpmError::WrongTpm { .. }
@@ -75,6 +79,9 @@ pub enum RcKind {
     Integrity,
     /// The TCTI layer: nothing answers.
     Transport,
+    /// TPM_RC_OBJECT_MEMORY, _SESSION_MEMORY, _MEMORY, _SESSION_HANDLES, _OBJECT_HANDLES:
+    /// no free slot (objects or sessions left loaded without a resource manager).
+    NoRoom,
     Other,
 }
 
@@ -106,6 +113,7 @@ pub fn classify(rc: u32) -> RcKind {
     match code {
         0x128 => RcKind::PcrChanged,
         0x921 => RcKind::Lockout,
+        0x902..=0x906 => RcKind::NoRoom,
         0x910..=0x916 | 0x918..=0x91E => RcKind::Handle,
         _ => RcKind::Other,
     }
@@ -115,6 +123,7 @@ pub fn classify(rc: u32) -> RcKind {
 pub fn from_rc(op: &'static str, rc: u32) -> TpmError {
     match classify(rc) {
         RcKind::Lockout => TpmError::Lockout,
+        RcKind::NoRoom => TpmError::Full { op, rc },
         RcKind::Transport => TpmError::Unavailable {
             tcti: "connection".into(),
             reason: format!("{op} failed (0x{rc:x})"),
@@ -137,6 +146,7 @@ fn describe(rc: u32) -> &'static str {
         RcKind::Handle => "no such object or handle",
         RcKind::Integrity => "integrity check failed",
         RcKind::Transport => "TPM connection failed",
+        RcKind::NoRoom => "no free object or session slot",
         RcKind::Other => match rc & 0xFF_0000 {
             0x07_0000 => "ESAPI error",
             0x08_0000 | 0x09_0000 => "TSS system API error",
@@ -161,5 +171,7 @@ mod tests {
         assert_eq!(classify(0x1df), RcKind::Integrity); // parameter 1 integrity
         assert_eq!(classify(0x0A_000A), RcKind::Transport);
         assert_eq!(classify(0x2c4), RcKind::Value);
+        assert_eq!(classify(0x902), RcKind::NoRoom); // TPM_RC_OBJECT_MEMORY
+        assert_eq!(classify(0x903), RcKind::NoRoom); // TPM_RC_SESSION_MEMORY
     }
 }

@@ -4,7 +4,10 @@
 //! Unseal (which ends the session), FlushContext, PCR_Event. An object sealed offline is
 //! imported first: seven.
 
-use tss_esapi_sys::{ESYS_TR, ESYS_TR_NONE, Esys_TR_SetAuth, Esys_Unseal, TPM2B_SENSITIVE_DATA};
+use tss_esapi_sys::{
+    ESYS_TR, ESYS_TR_NONE, Esys_GetSysContext, Esys_TR_SetAuth, Esys_Unseal, TPM2B_SENSITIVE_DATA,
+    TSS2_SYS_CONTEXT, Tss2_Sys_GetRpBuffer,
+};
 use zeroize::Zeroize;
 
 use super::context::Tpm;
@@ -216,7 +219,32 @@ impl Tpm {
         let len = usize::from(data.size).min(data.buffer.len());
         let secret = Secret::from_slice(&data.buffer[..len]);
         data.buffer.zeroize();
+        // tpm2-tss decrypted the response in a stack array it does not wipe, and keeps the
+        // decrypted response in its buffer until the next command (freed unwiped at the
+        // end): wipe both (tests/residue.rs finds either copy otherwise).
+        self.wipe_response();
+        crate::secret::wipe_stack();
         Ok(secret)
+    }
+
+    /// Zeroes the last response in tpm2-tss's SYS buffer (a decrypted Unseal response holds
+    /// the secret there until the next command overwrites it).
+    fn wipe_response(&mut self) {
+        let mut sys: *mut TSS2_SYS_CONTEXT = std::ptr::null_mut();
+        let mut size: tss_esapi_sys::size_t = 0;
+        let mut buf: *const u8 = std::ptr::null();
+        // SAFETY: the SYS context belongs to this ESAPI context; GetRpBuffer returns the
+        // response bytes inside the SYS context's own (writable) buffer, `size` long, valid
+        // until the next command.
+        unsafe {
+            if Esys_GetSysContext(self.ctx, &mut sys) != 0 || sys.is_null() {
+                return;
+            }
+            if Tss2_Sys_GetRpBuffer(sys, &mut size, &mut buf) != 0 || buf.is_null() {
+                return;
+            }
+            std::slice::from_raw_parts_mut(buf.cast_mut(), size as usize).zeroize();
+        }
     }
 }
 

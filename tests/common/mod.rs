@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
@@ -107,6 +108,13 @@ impl Swtpm {
         let next = Swtpm::start_on(self.state.clone());
         self.port = next.port;
         self.child = next.into_child();
+    }
+
+    /// The same after an orderly TPM2_Shutdown: a reset that costs no dictionary-attack
+    /// strike (a TPM stopped without one counts a strike when a PIN object was used).
+    pub fn orderly_reset(&mut self) {
+        self.tools(&["tpm2_shutdown", "-c"]);
+        self.reset();
     }
 
     fn into_child(mut self) -> Option<Child> {
@@ -528,6 +536,14 @@ impl BusCapture {
         out
     }
 
+    /// Each command with its response, framed by their size fields (the client sends a
+    /// command and waits for its response before the next).
+    pub fn exchanges(&self) -> Vec<(Vec<u8>, Vec<u8>)> {
+        let commands = frames(&self.commands.lock().expect("lock").concat());
+        let responses = frames(&self.responses.lock().expect("lock"));
+        commands.into_iter().zip(responses).collect()
+    }
+
     /// The command codes sent (bytes 6..10 of each command), in order.
     pub fn command_codes(&self) -> Vec<u32> {
         self.commands
@@ -540,6 +556,18 @@ impl BusCapture {
     }
 }
 
+/// TPM commands or responses, one after another, split by their header's size field.
+fn frames(mut stream: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    while stream.len() >= 10 {
+        let size = u32::from_be_bytes([stream[2], stream[3], stream[4], stream[5]]) as usize;
+        let size = size.clamp(10, stream.len());
+        out.push(stream[..size].to_vec());
+        stream = &stream[size..];
+    }
+    out
+}
+
 fn pump(mut from: TcpStream, mut to: TcpStream, mut record: impl FnMut(&[u8])) {
     use std::io::Read;
     let mut buf = [0u8; 8192];
@@ -550,6 +578,215 @@ fn pump(mut from: TcpStream, mut to: TcpStream, mut record: impl FnMut(&[u8])) {
         record(&buf[..n]);
     }
     let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+/// The secret a sealroot token seals, unsealed with tpm2-tools alone (Load under the
+/// recorded SRK handle, a policy session with PolicyPCR over the token's PCRs and, with a
+/// PIN, PolicyAuthValue and the authValue derived here from the documented formula), so a
+/// test's notion of the secret does not come from sealroot. Every handle is flushed.
+pub fn unseal_independently(f: &Fixture, token_id: u32, pin: Option<&[u8]>) -> Vec<u8> {
+    unseal_independently_via(f, &f.tpm.tcti(), token_id, pin)
+}
+
+/// The same through `tcti` (a `BusCapture`: tpm2-tools' session is neither salted nor
+/// encrypted, so the secret crosses that bus in clear).
+pub fn unseal_independently_via(
+    f: &Fixture,
+    tcti: &str,
+    token_id: u32,
+    pin: Option<&[u8]>,
+) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD as B64;
+    let token = export_token(&f.image, token_id);
+    let blob = B64
+        .decode(token["tpm2_blob"].as_str().expect("tpm2_blob"))
+        .expect("base64 blob");
+    let private_len = 2 + usize::from(u16::from_be_bytes([blob[0], blob[1]]));
+    let dir = tempfile::tempdir_in(f.dir.path()).expect("tempdir");
+    let file = |name: &str| dir.path().join(name).to_str().expect("utf8").to_string();
+    std::fs::write(file("priv"), &blob[..private_len]).expect("write");
+    std::fs::write(file("pub"), &blob[private_len..]).expect("write");
+    let pcrs: Vec<String> = token["tpm2_pcrs"]
+        .as_array()
+        .expect("tpm2_pcrs")
+        .iter()
+        .map(|p| p.to_string())
+        .collect();
+    let handle = token["tpm2_srk_handle"].as_str().expect("handle");
+    let (obj, session, out) = (file("obj.ctx"), file("session.ctx"), file("secret"));
+    let t = Tools(tcti);
+    t.tools(&[
+        "tpm2_load",
+        "-C",
+        handle,
+        "-u",
+        &file("pub"),
+        "-r",
+        &file("priv"),
+        "-c",
+        &obj,
+    ]);
+    t.tools(&["tpm2_startauthsession", "--policy-session", "-S", &session]);
+    let selection = format!("sha256:{}", pcrs.join(","));
+    t.tools(&["tpm2_policypcr", "-S", &session, "-l", &selection]);
+    let mut auth = format!("session:{session}");
+    if let Some(pin) = pin {
+        t.tools(&["tpm2_policyauthvalue", "-S", &session]);
+        auth.push_str(&format!(
+            "+hex:{}",
+            hex::encode(pin_auth_value(&token, pin))
+        ));
+    }
+    t.tools(&["tpm2_unseal", "-c", &obj, "-p", &auth, "-o", &out]);
+    t.tools(&["tpm2_flushcontext", &session]);
+    t.tools(&["tpm2_flushcontext", "-t"]);
+    std::fs::read(&out).expect("unsealed secret")
+}
+
+struct Tools<'a>(&'a str);
+
+impl Tools<'_> {
+    fn tools(&self, args: &[&str]) -> String {
+        let out = Command::new(args[0])
+            .args(&args[1..])
+            .env("TPM2TOOLS_TCTI", self.0)
+            .output()
+            .expect("run tpm2-tools");
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// A sealroot token's authValue for `pin`, from the formula the README documents:
+/// trim0(SHA-256(base64(PBKDF2-HMAC-SHA256(PIN, salt, iterations, 32)))), written here
+/// without sealroot's code.
+pub fn pin_auth_value(token: &serde_json::Value, pin: &[u8]) -> Vec<u8> {
+    use base64::engine::general_purpose::STANDARD as B64;
+    let salt = B64
+        .decode(token["tpm2_pin_salt"].as_str().expect("salt"))
+        .expect("base64 salt");
+    let iterations = token["tpm2_pin_iterations"].as_u64().expect("iterations") as u32;
+    let mut stretched = [0u8; 32];
+    pbkdf2::pbkdf2_hmac::<Sha256>(pin, &salt, iterations, &mut stretched);
+    let digest = Sha256::digest(B64.encode(stretched).as_bytes());
+    let end = digest.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
+    digest[..end].to_vec()
+}
+
+/// The LUKS volume key as cryptsetup dumps it with `passfile` (independent of sealroot).
+pub fn volume_key(image: &Path, passfile: &Path) -> Vec<u8> {
+    let out = checked(
+        Command::new("cryptsetup")
+            .args([
+                "luksDump",
+                "--dump-volume-key",
+                "--batch-mode",
+                "--key-file",
+            ])
+            .arg(passfile)
+            .arg(image),
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dump = text.split("MK dump:").nth(1).expect("MK dump in luksDump");
+    let hex: String = dump.chars().filter(|c| c.is_ascii_hexdigit()).collect();
+    hex::decode(hex).expect("hex volume key")
+}
+
+/// Whether `passphrase` opens `keyslot` of `image`, asked of cryptsetup (passed on stdin).
+pub fn opens_keyslot(image: &Path, keyslot: u32, passphrase: &[u8]) -> bool {
+    let mut child = Command::new("cryptsetup")
+        .args(["open", "--test-passphrase", "--key-file", "-", "--key-slot"])
+        .arg(keyslot.to_string())
+        .arg(image)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cryptsetup");
+    let _ = child.stdin.take().expect("stdin").write_all(passphrase);
+    child.wait().expect("wait").success()
+}
+
+/// A child process killed (SIGKILL) and reaped by its PID when the guard drops, also when
+/// the test panics.
+pub struct Reaped(pub Option<Child>);
+
+impl Reaped {
+    pub fn pid(&self) -> i32 {
+        self.0.as_ref().expect("child").id() as i32
+    }
+
+    /// Waits for the exit; the code (-1 when killed by a signal).
+    pub fn wait(&mut self) -> i32 {
+        let mut c = self.0.take().expect("child");
+        c.wait().expect("wait").code().unwrap_or(-1)
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One value that must not survive, by name.
+pub struct Needle {
+    pub what: &'static str,
+    pub value: Vec<u8>,
+}
+
+/// The forms a value can take in memory or a log: raw, hex (either case), base64 (without
+/// padding, which depends on the alignment in a larger text), and for keys of 32 bytes or
+/// more every 16-byte fragment (half an AES-256 key, an XTS half-key's first round key).
+pub fn forms(value: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![
+        ("raw".to_string(), value.to_vec()),
+        ("hex".to_string(), hex::encode(value).into_bytes()),
+        ("HEX".to_string(), hex::encode_upper(value).into_bytes()),
+        (
+            "base64".to_string(),
+            base64::engine::general_purpose::STANDARD
+                .encode(value)
+                .trim_end_matches('=')
+                .as_bytes()
+                .to_vec(),
+        ),
+    ];
+    if value.len() >= 32 {
+        for start in (0..value.len()).step_by(16) {
+            let end = (start + 16).min(value.len());
+            out.push((format!("raw[{start}..{end}]"), value[start..end].to_vec()));
+        }
+    }
+    out
+}
+
+pub fn count(haystack: &[u8], needle: &[u8]) -> usize {
+    if needle.is_empty() {
+        return 0;
+    }
+    memchr::memmem::find_iter(haystack, needle).count()
+}
+
+/// Every (needle, form) found in `haystack`, with its number of copies.
+pub fn search(needles: &[Needle], haystack: &[u8]) -> Vec<(String, usize)> {
+    let mut found = Vec::new();
+    for n in needles {
+        for (form, bytes) in forms(&n.value) {
+            let c = count(haystack, &bytes);
+            if c > 0 {
+                found.push((format!("{} ({form})", n.what), c));
+            }
+        }
+    }
+    found
 }
 
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
