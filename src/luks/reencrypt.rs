@@ -158,6 +158,23 @@ impl Volume {
         progress: Progress<'_>,
     ) -> Result<(), LuksError> {
         ensure_lock_dir();
+        // A run stopped inside a hotzone (kill -9, power cut) leaves the header in the
+        // crash state, which libcryptsetup refuses to resume (EINVAL) until the hotzone is
+        // restored from its checksums. Activation does that at boot; an unused device (an
+        // image file, `first-boot` or `finish-provisioning` run offline) gets it here, as
+        // `cryptsetup repair` would do it.
+        if active.is_none() && self.reencryption()? == Reencryption::Crash {
+            log::info!("recovering the re-encryption interrupted in a hotzone");
+            let recover = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
+                None,
+                passphrase,
+                None,
+                None,
+                None,
+                reencrypt_params(CryptReencrypt::RECOVERY),
+            );
+            recover.map_err(|e| self.op_err("recover interrupted re-encryption", e))?;
+        }
         let init = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
             active,
             passphrase,
