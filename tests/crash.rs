@@ -19,8 +19,9 @@
 //! The short form (a few trials per operation) runs in `cargo test`. The long form:
 //! `SEALROOT_CRASH_TRIALS=1000 cargo test --test crash -- --nocapture` spreads that many trials
 //! over the operations. Every run prints its seed; `SEALROOT_CRASH_SEED=S` replays the same
-//! draws (operation variants and kill points as fractions of the measured duration), and
-//! `SEALROOT_CRASH_ONLY=N` runs only trial N of each operation.
+//! draws (operation variants and kill points as fractions of the measured duration),
+//! `SEALROOT_CRASH_ONLY=N` runs only trial N of each operation, and `SEALROOT_CRASH_KEEP=DIR`
+//! keeps each trial's image in DIR as the kill left it.
 
 mod common;
 
@@ -1708,4 +1709,58 @@ impl Scenario for ReencryptScenario {
 #[test]
 fn reencryption_survives_random_kills() {
     drive(&ReencryptScenario::new());
+}
+
+/// Killed right after the last hotzone (here the only one), before libcryptsetup's final
+/// header update: the data is all under the new key but the header still says re-encryption
+/// is in progress, with one data segment, which libcryptsetup 2.6 takes for a pass that has
+/// not started. Resuming it re-encrypted the data a second time, destroying it, and reported
+/// success; it is refused now, and the data stays intact under the new key.
+#[test]
+fn a_finished_but_uncommitted_reencryption_is_not_run_again_over_the_data() {
+    let template = ProvisionScenario::new();
+    let b = Base::new(&template.image, None);
+    let img = p(&b.image);
+    let r = b.run(&[
+        "provision",
+        &img,
+        "--unlock-key-file",
+        &p(&b.passfile),
+        "--escrow",
+        &template.recipient,
+    ]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let r = b.run(&["first-boot", &img, "--tcti", &b.tpm.tcti()]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    // One 3 MiB hotzone: the first progress report comes after the last hotzone.
+    let r = common::run_with_env(
+        &["finish-provisioning", &img],
+        b"",
+        &[("SEALROOT_CRASH_AT", "reencrypt-half")],
+    );
+    assert_eq!(r.code, -1, "not killed: {}", r.stderr);
+    let md = metadata(&b.image);
+    assert!(reencrypting(&md), "{md}");
+    let before = common::file_hash(&b.image);
+    let r = b.run(&["finish-provisioning", &img]);
+    assert_ne!(r.code, 0, "resumed: {}", r.stderr);
+    assert!(r.stderr.contains("not resumed"), "{}", r.stderr);
+    assert_eq!(
+        common::file_hash(&b.image),
+        before,
+        "the data was written again"
+    );
+    // Nothing is lost: the provisioning key still opens it (the old key's keyslots had not
+    // been reached), and the data was not touched.
+    assert!(b.opens(None, provisioning_key(&md).unwrap().1.as_bytes()));
+}
+
+/// Debugging aid: `CRASH_IMG=… CRASH_KEY=… cargo test --test crash -- --ignored plaintext_of`.
+#[test]
+#[ignore]
+fn plaintext_of() {
+    let img = PathBuf::from(std::env::var("CRASH_IMG").expect("CRASH_IMG"));
+    let key = std::fs::read(std::env::var("CRASH_KEY").expect("CRASH_KEY")).expect("key");
+    let dir = tempfile::tempdir().expect("tempdir");
+    eprintln!("plaintext {:?}", plaintext_hash(&img, &key, dir.path()));
 }
