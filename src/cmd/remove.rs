@@ -80,15 +80,19 @@ pub fn run(o: &RemoveOptions) -> Result<Removed> {
             o.device.display()
         )));
     }
-    // Token first: if destroying the keyslot then fails, the volume still opens with it by
-    // passphrase and no token points at a missing slot.
-    for id in &chosen_ids {
-        vol.remove_token(*id)?;
-    }
+    // Keyslots first, then tokens. libcryptsetup drops a destroyed keyslot from the tokens
+    // that claim it, so a run stopped in between (kill -9, power cut) leaves a token that
+    // claims nothing, which the next `remove` finds and deletes. Tokens first would leave a
+    // keyslot that no token names: no later `remove` could find it, and its sealed secret
+    // would still open the volume for whoever kept a copy of the token. If destroying a
+    // keyslot fails, its token still claims it and nothing is lost.
     for slot in &slots {
         if active.contains(slot) {
             vol.destroy_keyslot(*slot)?;
         }
+    }
+    for id in &chosen_ids {
+        vol.remove_token(*id)?;
     }
     Ok(Removed {
         tokens: chosen_ids.into_iter().collect(),

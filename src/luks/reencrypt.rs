@@ -105,6 +105,57 @@ impl Volume {
         }
     }
 
+    /// Whether the data pass has finished but the header still says re-encryption is in
+    /// progress: a run cut off (kill -9, power cut) between the last hotzone's header update
+    /// and libcryptsetup's final one, which drops the old key's keyslots one by one and then
+    /// the re-encryption metadata. The one live data segment is then the new key's (the
+    /// digest of the `backup-final` segment); in any earlier state the old key's segment is
+    /// live.
+    pub fn reencryption_uncommitted(&mut self) -> Result<bool, LuksError> {
+        use serde_json::Value;
+        let md = self.metadata()?;
+        let Some(segments) = md.get("segments").and_then(Value::as_object) else {
+            return Ok(false);
+        };
+        let flagged = |s: &Value, f: &str| {
+            s.get("flags")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(f)))
+        };
+        let backup = |s: &Value| {
+            s.get("flags").and_then(Value::as_array).is_some_and(|a| {
+                a.iter()
+                    .any(|x| x.as_str().is_some_and(|x| x.starts_with("backup-")))
+            })
+        };
+        let digest_of = |segment: &str| -> Option<String> {
+            md.get("digests")?.as_object()?.iter().find_map(|(id, d)| {
+                d.get("segments")?
+                    .as_array()?
+                    .iter()
+                    .any(|s| s.as_str() == Some(segment))
+                    .then(|| id.clone())
+            })
+        };
+        let Some(final_segment) = segments
+            .iter()
+            .find(|(_, s)| flagged(s, "backup-final"))
+            .map(|(id, _)| id.clone())
+        else {
+            return Ok(false);
+        };
+        let live: Vec<(&String, &Value)> = segments.iter().filter(|(_, s)| !backup(s)).collect();
+        Ok(match live.as_slice() {
+            [(id, s)] => {
+                !flagged(s, "in-reencryption")
+                    && s.get("size").and_then(Value::as_str) == Some("dynamic")
+                    && digest_of(id).is_some()
+                    && digest_of(id) == digest_of(&final_segment)
+            }
+            _ => false,
+        })
+    }
+
     /// Sets up re-encryption from keyslot `old`'s key to keyslot `new`'s, both opened by
     /// `passphrase`, in the header only: no data moves yet.
     pub fn start_reencryption(
@@ -158,6 +209,30 @@ impl Volume {
         progress: Progress<'_>,
     ) -> Result<(), LuksError> {
         ensure_lock_dir();
+        if self.reencryption_uncommitted()? {
+            return Err(LuksError::Op {
+                op: "resume re-encryption",
+                path: self.path().display().to_string(),
+                reason: "the data pass had finished when the run was cut off, before libcryptsetup's last header update; libcryptsetup 2.6 would take this header for one whose pass has not started and re-encrypt the data a second time, destroying it, so it is not resumed. The data is all under the new key, whose keyslots (the sealed key, the recovery key) are intact; the header's re-encryption metadata must be removed by hand".into(),
+            });
+        }
+        // A run stopped inside a hotzone (kill -9, power cut) leaves the header in the
+        // crash state, which libcryptsetup refuses to resume (EINVAL) until the hotzone is
+        // restored from its checksums. Activation does that at boot; an unused device (an
+        // image file, `first-boot` or `finish-provisioning` run offline) gets it here, as
+        // `cryptsetup repair` would do it.
+        if active.is_none() && self.reencryption()? == Reencryption::Crash {
+            log::info!("recovering the re-encryption interrupted in a hotzone");
+            let recover = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
+                None,
+                passphrase,
+                None,
+                None,
+                None,
+                reencrypt_params(CryptReencrypt::RECOVERY),
+            );
+            recover.map_err(|e| self.op_err("recover interrupted re-encryption", e))?;
+        }
         let init = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
             active,
             passphrase,
