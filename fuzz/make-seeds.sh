@@ -107,6 +107,7 @@ t = json.load(open(sys.argv[1])); a = json.load(open(sys.argv[2]))
 json.dump([t, a], open(sys.argv[3], "w"), separators=(",", ":"))
 EOF
 cp "$W/approval.json" "$C/approval/two-sets.json"
+cp "$W/policy.pub" "$C/initrd_config/policy-key.pub.pem"
 
 image c
 enroll c --policy-key "$W/policy.pub" --revocable

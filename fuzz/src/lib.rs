@@ -132,6 +132,13 @@ fn exercise(mut plan: UnsealPlan, token: &Value) {
         let check = plan.check(current);
         let _ = plan.explain(&check);
     }
+    // The local approval key as `unlock` unwraps it with the unsealed secret (which an
+    // attacker's header does not know: the decryption fails, the parsing is exercised).
+    if let Some(a) = &plan.approvals
+        && let Some(wrapped) = &a.local_key
+    {
+        let _ = sealroot::local_key::unwrap(&[0x5a; 32], &a.policy_ref, wrapped);
+    }
     if let Some(a) = plan.approvals.as_mut()
         && !a.found.is_empty()
     {
@@ -479,8 +486,8 @@ pub fn pe_image(data: &[u8]) {
 
 /// The initrd's trusted configuration (/etc/sealroot/sealroot.conf → `initrd-config`):
 /// parsed, rendered, and the rendering parsed back to the same configuration. Also the
-/// other text sealroot reads from files and prompts: age recipients, recovery keys, the
-/// kernel command line as /proc/cmdline shows it.
+/// other text sealroot reads from files and prompts: age recipients, PEM policy keys,
+/// recovery keys, the kernel command line as /proc/cmdline shows it.
 pub fn initrd_config(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
@@ -496,6 +503,9 @@ pub fn initrd_config(data: &[u8]) {
         );
     }
     let _ = sealroot::escrow::Recipient::parse(text);
+    // Key files: `enroll --policy-key`, `approve --key`.
+    let _ = PolicyKey::from_pem(text);
+    let _ = approval::public_of(text);
     let _ = sealroot::recovery::normalize(data);
     for loader in [Loader::EfiStub, Loader::QemuDirect { memory_mib: 1024 }] {
         let given = loader.given_cmdline(text);
