@@ -1,6 +1,7 @@
 #!/bin/sh
 # Installs the Debian 12 packages a target needs, only those missing. Usage: deps.sh GROUP...
-# Groups: build (compile sealroot), test (run the test suite), e2e, deb, demo, bench.
+# Groups: build (compile sealroot), test (run the test suite), e2e, deb, fuzz (libFuzzer's
+# C++), demo, bench.
 set -eu
 
 pkgs=""
@@ -11,6 +12,7 @@ for group in "$@"; do
         test)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools clevis clevis-luks clevis-tpm2 systemd openssl busybox-static strace age debootstrap pesign systemd-boot-efi" ;;
         e2e)   pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin debootstrap qemu-system-x86 ovmf python3-pexpect python3-cryptography age e2fsprogs" ;;
         deb)   pkgs="$pkgs debhelper dpkg-dev lintian" ;;
+        fuzz)  pkgs="$pkgs g++" ;;
         demo)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools" ;;
         bench) pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools clevis clevis-luks clevis-tpm2 systemd bc" ;;
         *) echo "deps.sh: unknown group $group" >&2; exit 2 ;;

@@ -62,13 +62,18 @@ struct Reader<'a> {
 
 impl Reader<'_> {
     fn take(&mut self, n: usize, what: &str) -> Result<&[u8], String> {
-        if self.buf.len() - self.pos < n {
+        // `pos` may lie past the end: the Spec ID event's fields start at 24, whatever
+        // its size.
+        let Some(out) = self
+            .pos
+            .checked_add(n)
+            .and_then(|end| self.buf.get(self.pos..end))
+        else {
             return Err(format!(
                 "event {}: truncated in {what} (offset {})",
                 self.event, self.pos
             ));
-        }
-        let out = &self.buf[self.pos..self.pos + n];
+        };
         self.pos += n;
         Ok(out)
     }
@@ -258,5 +263,17 @@ mod tests {
         let e = EventLog::parse(&bytes).unwrap_err();
         assert!(e.contains("event 1"), "{e}");
         assert!(EventLog::parse(b"garbage garbage garbage garbage garbage").is_err());
+    }
+
+    #[test]
+    fn a_spec_id_event_shorter_than_its_fields_is_an_error() {
+        // Found by fuzzing (fuzz/regressions/eventlog): the fields start at offset 24.
+        let mut bytes = 0u32.to_le_bytes().to_vec();
+        bytes.extend_from_slice(&EV_NO_ACTION.to_le_bytes());
+        bytes.extend_from_slice(&[0u8; 20]);
+        bytes.extend_from_slice(&16u32.to_le_bytes());
+        bytes.extend_from_slice(b"Spec ID Event03\0");
+        let e = EventLog::parse(&bytes).unwrap_err();
+        assert!(e.contains("truncated in the algorithm count"), "{e}");
     }
 }

@@ -161,7 +161,11 @@ pub fn qemu_patched_kernel(
     if cmdline.contains("vga=") {
         return Err("QEMU rewrites the header for vga=, which is not modelled".into());
     }
-    let memory = memory_mib.saturating_mul(1024 * 1024);
+    // Less than the ACPI tables' room (or an overflowing size) is no guest QEMU starts.
+    let memory = memory_mib
+        .checked_mul(1024 * 1024)
+        .filter(|m| *m > ACPI_DATA_SIZE)
+        .ok_or_else(|| format!("a QEMU guest with {memory_mib} MiB of memory is not modelled"))?;
     // q35: RAM below 4 GiB, as QEMU lays it out.
     let below_4g = if memory >= 0xb000_0000 {
         0x8000_0000
@@ -323,5 +327,10 @@ mod tests {
         );
         assert!(qemu_patched_kernel(&image, 1, 1024, "vga=791").is_err());
         assert!(qemu_patched_kernel(&image[..100], 1, 1024, "").is_err());
+        // Found by fuzzing (fuzz/regressions/pe_image): sizes no guest has are errors.
+        for memory_mib in [0, u64::MAX] {
+            let e = qemu_patched_kernel(&image, 0, memory_mib, "").unwrap_err();
+            assert!(e.contains("not modelled"), "{e}");
+        }
     }
 }

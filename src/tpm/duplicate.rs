@@ -12,6 +12,7 @@ use aes::cipher::{AsyncStreamCipher, KeyIvInit};
 use hmac::{Hmac, Mac};
 use p256::elliptic_curve::sec1::ToEncodedPoint;
 use rand_core::OsRng;
+use rsa::traits::PublicKeyParts;
 use rsa::{BigUint, Oaep, RsaPublicKey};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, Zeroizing};
@@ -29,6 +30,8 @@ const TPM2_ALG_AES: u16 = 0x0006;
 const TPM2_ALG_CFB: u16 = 0x0043;
 const TPM2_ECC_NIST_P256: u16 = 0x0003;
 const SHA256_LEN: usize = 32;
+/// 2048 bits: the smallest RSA storage key sealed to offline.
+const RSA_MIN_BYTES: usize = 256;
 /// Labels carry their terminating NUL (Part 1 §11.4.10.4); KDFa/KDFe add it themselves.
 const LABEL_DUPLICATE: &[u8] = b"DUPLICATE";
 const LABEL_STORAGE: &[u8] = b"STORAGE";
@@ -104,6 +107,15 @@ impl StorageKey {
                         .map_err(|e| {
                             TpmError::Invalid(format!("the RSA storage key is unusable: {e}"))
                         })?;
+                    // The TCG templates' RSA keys have 2048 bits; a smaller modulus would
+                    // be a weak wrapper (and below 784 bits RSA-OAEP cannot carry the seed:
+                    // found by fuzzing, fuzz/regressions/tpm_public).
+                    if key.size() < RSA_MIN_BYTES {
+                        return Err(unsupported(format!(
+                            "the RSA key has {} bits",
+                            key.n().bits()
+                        )));
+                    }
                     (rsa.symmetric, KeyKind::Rsa(key))
                 }
                 TPM2_ALG_ECC => {
@@ -471,5 +483,11 @@ mod tests {
         tpm2b_ek.extend_from_slice(&ek);
         let e = StorageKey::parse(&tpm2b_ek).err().unwrap().to_string();
         assert!(e.contains("endorsement key"), "{e}");
+        // Found by fuzzing (fuzz/regressions/tpm_public): an RSA storage key of 74 bits
+        // parsed, and sealing to it failed in RSA-OAEP; keys under 2048 bits are refused.
+        let tiny =
+            h("001a0001000b00030472000000060080004300100800011a0001000b00030471ffff0006008001");
+        let e = StorageKey::parse(&tiny).err().unwrap().to_string();
+        assert!(e.contains("the RSA key has 74 bits"), "{e}");
     }
 }

@@ -4,16 +4,16 @@
 //! nothing on disk): the cost is one command with one ECDH or RSA decryption in the TPM.
 
 use tss_esapi_sys::{
-    ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, Esys_Import, TPM2B_DATA, TPM2B_ENCRYPTED_SECRET,
-    TPM2B_PRIVATE, TPMT_SYM_DEF_OBJECT, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal,
-    Tss2_MU_TPM2B_PRIVATE_Marshal,
+    ESYS_TR, ESYS_TR_NONE, ESYS_TR_PASSWORD, Esys_Import, TPM2B_DATA, TPM2B_PRIVATE,
+    TPMT_SYM_DEF_OBJECT, Tss2_MU_TPM2B_PRIVATE_Marshal,
 };
 
 use super::context::Tpm;
 use super::error::{RcKind, TpmError, classify};
 use super::seal::SealedObject;
 use super::wire::{
-    EsysBox, check, generic, marshal, unmarshal, unmarshal_private, unmarshal_public,
+    EsysBox, check, generic, marshal, unmarshal_encrypted_secret, unmarshal_private,
+    unmarshal_public,
 };
 
 const TPM2_ALG_NULL: u16 = 0x0010;
@@ -31,11 +31,7 @@ impl Tpm {
         };
         let public = unmarshal_public(&object.public)?;
         let duplicate = unmarshal_private(&object.private)?;
-        let seed: TPM2B_ENCRYPTED_SECRET = unmarshal(
-            seed,
-            Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal,
-            "TPM2B_ENCRYPTED_SECRET",
-        )?;
+        let seed = unmarshal_encrypted_secret(seed)?;
         // SAFETY: plain data; all zeros is an empty encryption key and, with the algorithm
         // set, a NULL inner wrapper.
         let (encryption_key, mut symmetric) = unsafe {

@@ -2,8 +2,9 @@
 //! serialization.
 
 use tss_esapi_sys::{
-    TPM2B_AUTH, TPM2B_DIGEST, TPM2B_PRIVATE, TPM2B_PUBLIC, TPML_PCR_SELECTION, TPMS_PCR_SELECTION,
-    TSS2_RC, Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal,
+    TPM2B_AUTH, TPM2B_DIGEST, TPM2B_ENCRYPTED_SECRET, TPM2B_PRIVATE, TPM2B_PUBLIC,
+    TPML_PCR_SELECTION, TPMS_PCR_SELECTION, TSS2_RC, Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal,
+    Tss2_MU_TPM2B_PRIVATE_Unmarshal, Tss2_MU_TPM2B_PUBLIC_Unmarshal,
 };
 
 use super::error::TpmError;
@@ -69,12 +70,22 @@ pub(super) fn unmarshal<T>(bytes: &[u8], f: Unmarshal<T>, what: &str) -> Result<
     Ok(out)
 }
 
-pub(super) fn unmarshal_private(bytes: &[u8]) -> Result<TPM2B_PRIVATE, TpmError> {
+// Public for the fuzz targets: the parsers of the wire bytes a token carries.
+pub fn unmarshal_private(bytes: &[u8]) -> Result<TPM2B_PRIVATE, TpmError> {
     unmarshal(bytes, Tss2_MU_TPM2B_PRIVATE_Unmarshal, "TPM2B_PRIVATE")
 }
 
-pub(super) fn unmarshal_public(bytes: &[u8]) -> Result<TPM2B_PUBLIC, TpmError> {
+pub fn unmarshal_public(bytes: &[u8]) -> Result<TPM2B_PUBLIC, TpmError> {
     unmarshal(bytes, Tss2_MU_TPM2B_PUBLIC_Unmarshal, "TPM2B_PUBLIC")
+}
+
+/// The import seed of an object sealed offline.
+pub fn unmarshal_encrypted_secret(bytes: &[u8]) -> Result<TPM2B_ENCRYPTED_SECRET, TpmError> {
+    unmarshal(
+        bytes,
+        Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal,
+        "TPM2B_ENCRYPTED_SECRET",
+    )
 }
 
 pub(super) type Marshal<T> = unsafe extern "C" fn(*const T, *mut u8, u64, *mut u64) -> TSS2_RC;
