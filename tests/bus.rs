@@ -132,12 +132,15 @@ fn capture(pin: Option<&str>) {
         "the Unseal response is not encrypted"
     );
     eprintln!(
-        "bus ({}): {} commands {codes:x?}, {} bytes captured, {} needles in {} forms: none found; Unseal response encrypted ({out_len} bytes, attributes 0x{response_attributes:02x})",
+        "bus ({}): {} commands {codes:x?}, {} bytes captured, {} needles ({} patterns): none found; Unseal response encrypted ({out_len} bytes, attributes 0x{response_attributes:02x})",
         if pin.is_some() { "PIN" } else { "no PIN" },
         codes.len(),
         bytes.len(),
         needles.len(),
-        common::forms(&[0u8; 64]).len(),
+        needles
+            .iter()
+            .map(|n| common::forms(&n.value).len())
+            .sum::<usize>(),
     );
 }
 

@@ -441,7 +441,7 @@ fn measure(pin: Option<&str>, fence: bool) {
 
     let what: Vec<&str> = s.needles.iter().map(|n| n.what).collect();
     eprintln!(
-        "residue ({}{}): searched {} MiB in {} mappings, argv, environ, {} bytes written (strace), {} + {} bytes of debug log, for {what:?} in {} forms each: {} found; {:.1} s",
+        "residue ({}{}): searched {} MiB in {} mappings, argv, environ, {} bytes written (strace), {} + {} bytes of debug log, for {what:?} ({} patterns: raw, hex, HEX, base64, 16-byte fragments): {} found; {:.1} s",
         if pin.is_some() { "PIN" } else { "no PIN" },
         if fence { "" } else { ", --no-fence" },
         total >> 20,
@@ -449,7 +449,10 @@ fn measure(pin: Option<&str>, fence: bool) {
         traced.written.len(),
         traced.stderr.len(),
         log.len(),
-        forms(&[0u8; 64]).len(),
+        s.needles
+            .iter()
+            .map(|n| forms(&n.value).len())
+            .sum::<usize>(),
         findings.values().map(Vec::len).sum::<usize>(),
         started.elapsed().as_secs_f64()
     );
