@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 STATIC_BIN := target/static/sealroot
 
-.PHONY: all build release static check-static test e2e demo demo-host bench doc install-files install deb clean
+.PHONY: all build release static check-static test fuzz crash-test e2e demo demo-host bench doc install-files install deb clean
 
 all: build
 
@@ -33,9 +33,21 @@ test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
+	./scripts/fuzz.sh short
 	$(MAKE) check-static
 	SEALROOT_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --tests
 	$(MAKE) e2e
+
+# Every parser of untrusted bytes under libFuzzer, >= 10 million executions in all
+# (fuzz/README.md); `make test` runs a short pass of each target.
+fuzz:
+	./scripts/fuzz.sh long
+
+# Random SIGKILLs of enroll, remove, provision/first boot and re-encryption: 1,000 trials
+# (tests/crash.rs; `make test` runs a few of each).
+crash-test:
+	./scripts/deps.sh build test
+	SEALROOT_CRASH_TRIALS=1000 $(CARGO) test --test crash -- --nocapture --test-threads=2
 
 # Boots a Debian 12 guest with a sealed LUKS2 root under QEMU + OVMF + swtpm (tests/vm).
 e2e: static
