@@ -77,6 +77,7 @@ try env PASSWORD=fuzz-seed-pass NEWPIN=1234 systemd-cryptenroll --tpm2-device="$
 for id in 0 1; do
     export_token s $id "$C/token_systemd/cryptenroll-$id.json" 2>/dev/null || rm -f "$C/token_systemd/cryptenroll-$id.json"
 done
+
 # The policy key of the harness (fuzz/src/lib.rs POLICY_KEY), so approvals verify there.
 sed -n '/^const POLICY_KEY/,/END PRIVATE KEY/p' fuzz/src/lib.rs |
     sed -e 's/^const POLICY_KEY: &str = "//' -e 's/";$//' >"$W/policy.pem"
