@@ -2,8 +2,9 @@
 # Writes the seed corpora under fuzz/corpus/ from real inputs: tokens that sealroot,
 # systemd-cryptenroll and clevis write on LUKS2 image files against a private swtpm, the
 # structures inside them, approvals and provision tokens, the test event logs, the test
-# vectors of shared/reference (REFERENCE, default /work/shared/reference). Run once by hand (the results are committed); needs
-# `./scripts/deps.sh build test` and a built sealroot (SEALROOT, default target/debug/sealroot).
+# vectors of shared/reference (REFERENCE, default /work/shared/reference). Run once by
+# hand (the results are committed); needs `./scripts/deps.sh build test` and a built
+# sealroot (SEALROOT, default target/debug/sealroot).
 # Usage: fuzz/make-seeds.sh
 set -eu
 
