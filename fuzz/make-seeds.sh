@@ -2,8 +2,9 @@
 # Writes the seed corpora under fuzz/corpus/ from real inputs: tokens that sealroot,
 # systemd-cryptenroll and clevis write on LUKS2 image files against a private swtpm, the
 # structures inside them, approvals and provision tokens, the test event logs, the test
-# vectors of shared/reference. Run once by hand (the results are committed); needs
-# `./scripts/deps.sh build test` and a built sealroot (SEALROOT, default target/debug/sealroot).
+# vectors of shared/reference (REFERENCE, default /work/shared/reference). Run once by
+# hand (the results are committed); needs `./scripts/deps.sh build test` and a built
+# sealroot (SEALROOT, default target/debug/sealroot).
 # Usage: fuzz/make-seeds.sh
 set -eu
 
@@ -77,6 +78,7 @@ try env PASSWORD=fuzz-seed-pass NEWPIN=1234 systemd-cryptenroll --tpm2-device="$
 for id in 0 1; do
     export_token s $id "$C/token_systemd/cryptenroll-$id.json" 2>/dev/null || rm -f "$C/token_systemd/cryptenroll-$id.json"
 done
+
 # The policy key of the harness (fuzz/src/lib.rs POLICY_KEY), so approvals verify there.
 sed -n '/^const POLICY_KEY/,/END PRIVATE KEY/p' fuzz/src/lib.rs |
     sed -e 's/^const POLICY_KEY: &str = "//' -e 's/";$//' >"$W/policy.pem"
@@ -157,7 +159,7 @@ export_token q 0 "$C/token_provision/reencrypt.json"
 # The reference vectors (tokens-systemd.md §11, tokens-clevis.md §11), with variants the
 # real tools write: tpm2_srk and a salted PIN (systemd >= 253), the unsealed bytes for
 # the clevis decryption ("__fuzz_unsealed", read by the harness only).
-python3 - "$C" /work/shared/reference <<'EOF'
+python3 - "$C" "${REFERENCE:-/work/shared/reference}" <<'EOF'
 import base64, json, re, sys, os
 corpus, ref = sys.argv[1], sys.argv[2]
 def blocks(path):
