@@ -232,6 +232,11 @@ impl Volume {
                 reencrypt_params(CryptReencrypt::RECOVERY),
             );
             recover.map_err(|e| self.op_err("recover interrupted re-encryption", e))?;
+            // Recovering the last hotzone also finishes the re-encryption (and drops the old
+            // key's keyslots): nothing is left to resume.
+            if self.reencryption()? == Reencryption::None {
+                return Ok(());
+            }
         }
         let init = self.dev.reencrypt_handle().reencrypt_init_by_passphrase(
             active,
