@@ -52,6 +52,14 @@ install: static
 		>$(DESTDIR)/lib/systemd/system/sealroot-finish-provisioning.service
 	ln -sf ../sealroot-finish-provisioning.service \
 		$(DESTDIR)/lib/systemd/system/multi-user.target.wants/sealroot-finish-provisioning.service
+	sed 's|/usr/sbin/sealroot|$(PREFIX)/sbin/sealroot|' share/sealroot-update-approvals.service \
+		>$(DESTDIR)/lib/systemd/system/sealroot-update-approvals.service
+	ln -sf ../sealroot-update-approvals.service \
+		$(DESTDIR)/lib/systemd/system/multi-user.target.wants/sealroot-update-approvals.service
+	install -D -m 755 share/hooks/approve-next $(DESTDIR)/usr/share/sealroot/approve-next
+	install -D -m 755 share/hooks/initramfs-post-update \
+		$(DESTDIR)/etc/initramfs/post-update.d/sealroot
+	install -D -m 755 share/hooks/kernel-postinst $(DESTDIR)/etc/kernel/postinst.d/zz-sealroot
 	install -D -m 755 initramfs-tools/hooks/sealroot \
 		$(DESTDIR)/usr/share/initramfs-tools/hooks/sealroot
 	install -D -m 755 initramfs-tools/scripts/local-top/sealroot \

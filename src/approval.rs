@@ -66,6 +66,10 @@ impl PolicyKey {
         Ok(PolicyKey { key })
     }
 
+    pub fn from_verifying(key: VerifyingKey) -> PolicyKey {
+        PolicyKey { key }
+    }
+
     /// TPMT_PUBLIC for TPM2_LoadExternal: ECC P-256, SHA-256 name, sign, ECDSA-SHA256.
     pub fn template(&self) -> Vec<u8> {
         let point = self.key.to_encoded_point(false);
@@ -201,6 +205,31 @@ pub struct ApprovalJson {
     pub nv_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nv_value: Option<u64>,
+    /// Not signed, for explanations only: per set, the events of the approved boot
+    /// (`predict`'s output carries them), so `status` can say which one changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<Vec<Vec<RecordedEvent>>>,
+}
+
+/// The words `RecordedEvent::what` may hold (an approval carrying others has its events
+/// ignored: header strings do not reach the terminal).
+pub const EVENT_WORDS: &[&str] = &[
+    "kernel image",
+    "boot application",
+    "initrd",
+    "command line",
+    "separator",
+    "firmware event",
+];
+
+/// One measurement of an approved boot, as `status` compares it with this boot's log.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RecordedEvent {
+    pub pcr: u32,
+    /// What it measured ("kernel image", "initrd", "command line", ...).
+    pub what: String,
+    /// hex digest in the approval's bank.
+    pub digest: String,
 }
 
 /// An approval that verified in software against a token's key and policyRef.
@@ -216,6 +245,9 @@ pub struct Approval {
     pub nv: Option<NvCounter>,
     /// Where it came from, for messages ("header token 3", a file name).
     pub source: String,
+    /// The approved boots' events, per set, when recorded (unsigned: explanations only,
+    /// in sealroot's own words).
+    pub events: Option<Vec<Vec<RecordedEvent>>>,
 }
 
 impl Approval {
@@ -257,14 +289,35 @@ pub fn sign(
     serial: u64,
     nv: Option<&NvCounter>,
 ) -> Result<ApprovalJson, String> {
+    sign_with(
+        &signing_key_of(key_pem)?,
+        policy_ref,
+        bank,
+        sets,
+        serial,
+        nv,
+    )
+}
+
+pub fn signing_key_of(key_pem: &str) -> Result<SigningKey, String> {
+    SigningKey::from_pkcs8_pem(key_pem.trim())
+        .or_else(|_| p256::SecretKey::from_sec1_pem(key_pem.trim()).map(|k| SigningKey::from(&k)))
+        .map_err(|_| "not an ECDSA P-256 private key in PEM (PKCS#8 or SEC1)".to_string())
+}
+
+pub fn sign_with(
+    key: &SigningKey,
+    policy_ref: &[u8],
+    bank: PcrBank,
+    sets: &[Vec<(u32, Vec<u8>)>],
+    serial: u64,
+    nv: Option<&NvCounter>,
+) -> Result<ApprovalJson, String> {
     if sets.is_empty() || sets.len() > MAX_SETS {
         return Err(format!(
             "give 1 to {MAX_SETS} sets of PCR values (PolicyOR takes at most {MAX_SETS})"
         ));
     }
-    let key = SigningKey::from_pkcs8_pem(key_pem.trim())
-        .or_else(|_| p256::SecretKey::from_sec1_pem(key_pem.trim()).map(|k| SigningKey::from(&k)))
-        .map_err(|_| "not an ECDSA P-256 private key in PEM (PKCS#8 or SEC1)".to_string())?;
     let public = PolicyKey {
         key: *key.verifying_key(),
     };
@@ -295,14 +348,13 @@ pub fn sign(
         nv_index: nv.map(|c| format!("0x{:08x}", c.index)),
         nv_name: nv.map(|c| hex::encode(&c.name)),
         nv_value: nv.map(|c| c.value),
+        events: None,
     })
 }
 
 /// The public half of a private key file, to find the tokens it can approve for.
 pub fn public_of(key_pem: &str) -> Result<PolicyKey, String> {
-    let key = SigningKey::from_pkcs8_pem(key_pem.trim())
-        .or_else(|_| p256::SecretKey::from_sec1_pem(key_pem.trim()).map(|k| SigningKey::from(&k)))
-        .map_err(|_| "not an ECDSA P-256 private key in PEM (PKCS#8 or SEC1)".to_string())?;
+    let key = signing_key_of(key_pem)?;
     Ok(PolicyKey {
         key: *key.verifying_key(),
     })
@@ -378,6 +430,14 @@ pub fn verify(
     if !key.verifies(&signed_digest(&approved, policy_ref), &signature) {
         return Err("the signature does not verify".into());
     }
+    let events = a.events.filter(|e| {
+        e.len() == sets.len()
+            && e.iter().flatten().all(|ev| {
+                EVENT_WORDS.contains(&ev.what.as_str())
+                    && ev.pcr < PCR_COUNT
+                    && hex::decode(&ev.digest).is_ok_and(|d| d.len() == bank.digest_len())
+            })
+    });
     Ok(Approval {
         bank,
         sets,
@@ -386,6 +446,7 @@ pub fn verify(
         signature: (r, s),
         nv,
         source: source.to_string(),
+        events,
     })
 }
 

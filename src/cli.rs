@@ -76,6 +76,14 @@ pub enum Command {
         /// (`sealroot approve`) say which PCR values unseal; the fence stays in the object.
         #[arg(long, value_name = "PUB", conflicts_with = "pcrs")]
         policy_key: Option<PathBuf>,
+        /// Seal to a signed policy whose key is made here: its private half is kept in the
+        /// token, encrypted under the sealed secret, and each unlock leaves it in root's
+        /// keyring so that this machine approves its own updates (`update-approvals`, run
+        /// by the initrd and kernel hooks). --pcrs are what the approvals cover; the first
+        /// approval is for their current values. Root of the booted system can then
+        /// approve any boot chain.
+        #[arg(long, conflicts_with_all = ["policy_key", "srk_public"])]
+        local_approval: bool,
         /// With --policy-key: an NV counter on this TPM, so that `sealroot revoke` makes
         /// every earlier approval useless.
         #[arg(long, requires = "policy_key", conflicts_with = "srk_public")]
@@ -158,6 +166,13 @@ pub enum Command {
         /// Approval files, as for `unlock`.
         #[arg(long = "approval", value_name = "FILE")]
         approvals: Vec<PathBuf>,
+        /// This boot's event log, to say which event differs from an approved boot.
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+        )]
+        eventlog: PathBuf,
         #[command(flatten)]
         tcti: TctiArg,
     },
@@ -210,17 +225,56 @@ pub enum Command {
         /// The next initrd (EFI stub LoadFile2 measurement in PCR 9).
         #[arg(long, value_name = "FILE")]
         initrd: Option<PathBuf>,
-        /// The next command line, exactly as the boot loader passes it (PCR 9; OVMF's
-        /// direct kernel boot adds " initrd=initrd" after -append).
+        /// The next command line, as the boot loader is given it (PCR 9).
         #[arg(long, value_name = "STR")]
         cmdline: Option<String>,
+        /// The next boot is QEMU's direct kernel boot (-kernel -initrd -append, q35, OVMF)
+        /// with this much memory (-m, MiB): QEMU patches the kernel's setup header and
+        /// OVMF adds " initrd=initrd" to the command line.
+        #[arg(long, value_name = "MIB")]
+        qemu_direct_boot: Option<u64>,
         #[arg(long, value_name = "LIST", value_parser = parse_pcrs, default_value = "4,7,9")]
         pcrs: PcrList,
         #[arg(long, value_name = "BANK", default_value = "sha256", value_parser = clap::value_parser!(PcrBank))]
         bank: PcrBank,
         /// Replay the log unchanged and compare it with the live PCRs.
-        #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline"])]
+        #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline", "qemu_direct_boot"])]
         verify: bool,
+        #[command(flatten)]
+        tcti: TctiArg,
+    },
+    /// Approve the next boot on a machine that approves its own (enroll
+    /// --local-approval): with the local key this boot's unlock left in root's keyring,
+    /// each such volume gets one approval covering this boot and the predicted next one.
+    /// Run by the initramfs-tools and kernel hooks after an update; --prune after a
+    /// successful boot.
+    #[command(after_help = EXIT_CODES)]
+    UpdateApprovals {
+        /// Only these volumes (default: every volume whose local key is in the keyring).
+        devices: Vec<PathBuf>,
+        /// The next kernel.
+        #[arg(long, value_name = "FILE")]
+        kernel: Option<PathBuf>,
+        /// The next initrd.
+        #[arg(long, value_name = "FILE")]
+        initrd: Option<PathBuf>,
+        /// The next command line, as the boot loader is given it (default: the contents
+        /// of /etc/kernel/cmdline when it exists, else this boot's).
+        #[arg(long, value_name = "STR")]
+        cmdline: Option<String>,
+        /// The next boot is QEMU's direct kernel boot with this much memory (see predict).
+        #[arg(long, value_name = "MIB")]
+        qemu_direct_boot: Option<u64>,
+        /// Narrow the approvals to this boot, once it has succeeded (nothing when this
+        /// boot is not approved).
+        #[arg(long, conflicts_with_all = ["kernel", "initrd", "cmdline"])]
+        prune: bool,
+        #[arg(
+            long,
+            value_name = "FILE",
+            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+        )]
+        eventlog: PathBuf,
         #[command(flatten)]
         tcti: TctiArg,
     },

@@ -331,6 +331,7 @@ impl Provisioning<'_> {
             pin: None,
             policy_key: None,
             counter: None,
+            local_key: None,
         };
         self.vol.add_token(&token.to_json())?;
         crash_point("sealed-token");

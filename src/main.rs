@@ -8,7 +8,7 @@ use clap::Parser;
 use cli::{Cli, Command, EscrowAction};
 use sealroot::cmd::{
     approve, enroll, escrow, fence, finish_provisioning, initrd_config, predict, provision,
-    recover, remove, revoke, srk_public, status, unlock,
+    recover, remove, revoke, srk_public, status, unlock, update_approvals,
 };
 use sealroot::console;
 use sealroot::error::{Error, exit};
@@ -62,6 +62,7 @@ fn run(command: Command) -> u8 {
             srk_public,
             pcr_values,
             policy_key,
+            local_approval,
             revocable,
             pin,
             pin_file,
@@ -79,6 +80,7 @@ fn run(command: Command) -> u8 {
                     pcr_values,
                 }),
                 policy_key,
+                local_approval,
                 revocable,
                 pin,
                 pin_file,
@@ -181,12 +183,14 @@ fn run(command: Command) -> u8 {
             json,
             signature,
             approvals,
+            eventlog,
             tcti,
         } => {
             match status::run(&status::StatusOptions {
                 device,
                 signature,
                 approvals,
+                eventlog,
                 tcti: tcti.tcti,
             }) {
                 Ok(v) => {
@@ -238,6 +242,7 @@ fn run(command: Command) -> u8 {
             kernel,
             initrd,
             cmdline,
+            qemu_direct_boot,
             pcrs,
             bank,
             verify,
@@ -247,6 +252,7 @@ fn run(command: Command) -> u8 {
             kernel,
             initrd,
             cmdline,
+            loader: sealroot::predict::loader(qemu_direct_boot),
             pcrs: pcrs.0,
             bank,
             verify,
@@ -254,6 +260,33 @@ fn run(command: Command) -> u8 {
         }) {
             Ok(text) => {
                 print!("{text}");
+                exit::OK
+            }
+            Err(e) => report(&e),
+        },
+        Command::UpdateApprovals {
+            devices,
+            kernel,
+            initrd,
+            cmdline,
+            qemu_direct_boot,
+            prune,
+            eventlog,
+            tcti,
+        } => match update_approvals::run(&update_approvals::UpdateOptions {
+            eventlog,
+            kernel,
+            initrd,
+            cmdline,
+            loader: sealroot::predict::loader(qemu_direct_boot),
+            prune,
+            devices,
+            tcti: tcti.tcti,
+        }) {
+            Ok(lines) => {
+                for line in lines {
+                    eprintln!("sealroot: {line}");
+                }
                 exit::OK
             }
             Err(e) => report(&e),

@@ -40,6 +40,16 @@ pub fn parse(spec: &str, bank: Option<PcrBank>) -> Result<PcrValues, String> {
     }
 }
 
+/// The events a `predict` output file records next to its values, if `spec` is one.
+pub fn events_of(spec: &str) -> Option<Vec<crate::approval::RecordedEvent>> {
+    if spec.contains('=') && !Path::new(spec).exists() {
+        return None;
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(spec).ok()?).ok()?;
+    serde_json::from_value(json.get("events")?.clone()).ok()
+}
+
 pub fn parse_list(spec: &str, bank: Option<PcrBank>) -> Result<PcrValues, String> {
     let mut entries = Vec::new();
     for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {

@@ -238,7 +238,7 @@ fn systemd_signed_pcr11_policy_with_systemd_measure() {
     let s = f.run(&["status", image, "--signature", sig]);
     assert!(
         s.stdout.contains(
-            "would unseal now: no, no valid signature approves the current sha256 PCR 11 value"
+            "would unseal now: no, no valid signature (tpm2-pcr-signature.json) approves the current sha256 PCR 11 value"
         ),
         "{}",
         s.stdout

@@ -103,6 +103,14 @@ pub fn run(o: &ApproveOptions) -> Result<Vec<(u32, String)>> {
             counter.as_ref(),
         )
         .map_err(Error::Usage)?;
+        // What `predict` recorded of each approved boot, so `status` can name a change.
+        let events: Option<Vec<_>> = o
+            .pcr_values
+            .iter()
+            .map(|s| pcr_values::events_of(s))
+            .collect();
+        let mut signed = signed;
+        signed.events = events;
         let json = serde_json::to_value(&signed).map_err(|e| Error::Other(e.to_string()))?;
         match &o.out {
             Some(path) => {

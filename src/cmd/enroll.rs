@@ -1,5 +1,6 @@
 //! `sealroot enroll`: seal a fresh secret to the TPM and add a keyslot and token for it.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -7,6 +8,7 @@ use crate::approval::{self, PolicyKey};
 use crate::console;
 use crate::error::{Error, Result};
 use crate::input;
+use crate::local_key;
 use crate::luks::Volume;
 use crate::pcr_values::{self, PcrValues};
 use crate::pin;
@@ -30,6 +32,11 @@ pub struct EnrollOptions {
     pub offline: Option<OfflineTarget>,
     /// A policy key (PEM): approvals it signs decide the PCR values (`sealroot approve`).
     pub policy_key: Option<PathBuf>,
+    /// A local approval key instead: made here, its private half kept in the token
+    /// encrypted under the sealed secret and left by each unlock in root's keyring, so the
+    /// booted system approves its own updates (`update-approvals`); `pcrs` are what the
+    /// approvals cover, and the first approval is for their current values.
+    pub local_approval: bool,
     /// With a policy key: an NV counter on this TPM, so `sealroot revoke` can retire
     /// approvals.
     pub revocable: bool,
@@ -70,7 +77,7 @@ impl Target {
                 .pcrs
                 .iter()
                 .copied()
-                .filter(|&p| Some(p) != o.fence_pcr && o.policy_key.is_none())
+                .filter(|&p| Some(p) != o.fence_pcr && !o.signed())
                 .collect();
             return Ok(Target::ThisTpm {
                 bank: o.bank.unwrap_or(PcrBank::Sha256),
@@ -134,7 +141,18 @@ pub struct Enrolled {
     pub recovery_keyslot: Option<u32>,
 }
 
+impl EnrollOptions {
+    fn signed(&self) -> bool {
+        self.policy_key.is_some() || self.local_approval
+    }
+}
+
 pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
+    if o.local_approval && (o.policy_key.is_some() || o.offline.is_some()) {
+        return Err(Error::Usage(
+            "--local-approval makes its own policy key on this machine: not with --policy-key or --srk-public".into(),
+        ));
+    }
     if o.revocable && (o.policy_key.is_none() || o.offline.is_some()) {
         return Err(Error::Usage(
             "--revocable needs --policy-key and this machine's TPM (an NV counter cannot be made offline)".into(),
@@ -183,9 +201,27 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         );
     }
     // With a policy key the approvals bind the PCRs; the fence is still this token's own.
-    if o.policy_key.is_none() || o.fence_pcr.is_none() {
+    if !o.signed() || o.fence_pcr.is_none() {
         warn_about_bindings(&bound, o.fence_pcr, how);
     }
+    // The local key's first approval: this boot's values of the PCRs asked for.
+    let approved_now = if o.local_approval {
+        let wanted: Vec<u32> = o
+            .pcrs
+            .iter()
+            .copied()
+            .filter(|&p| Some(p) != o.fence_pcr)
+            .collect();
+        if wanted.is_empty() {
+            return Err(Error::Usage(
+                "--local-approval needs --pcrs for the approvals to cover (e.g. 4,9)".into(),
+            ));
+        }
+        warn_about_bindings(&wanted, o.fence_pcr, how);
+        Some(tpm.get()?.pcr_read(bank, &wanted)?)
+    } else {
+        None
+    };
     warn_about_unfenced_tokens(&mut vol, o.fence_pcr)?;
 
     let pin_params = match &pin_secret {
@@ -202,18 +238,23 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         (Some(p), Some(params)) => Some(pin::auth_value(p, &params.salt, params.iterations)),
         _ => None,
     };
+    let local_scalar = if o.local_approval {
+        Some(local_key::generate().map_err(Error::Other)?)
+    } else {
+        None
+    };
     let policy_key = match &o.policy_key {
-        None => None,
+        None => match &local_scalar {
+            Some((_, public)) => Some((public.clone(), new_policy_ref()?)),
+            None => None,
+        },
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| {
                 Error::Usage(format!("--policy-key: cannot read {}: {e}", path.display()))
             })?;
             let key = PolicyKey::from_pem(&text)
                 .map_err(|e| Error::Usage(format!("--policy-key {}: {e}", path.display())))?;
-            let nonce =
-                Secret::random(16).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
-            let policy_ref = [approval::POLICY_REF_PREFIX, nonce.expose()].concat();
-            Some((key, policy_ref))
+            Some((key, new_policy_ref()?))
         }
     };
     let policy = match &policy_key {
@@ -232,6 +273,12 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
     let sealed = match &target {
         Target::ThisTpm { .. } => tpm.get()?.seal(&srk, &secret, &policy, auth.as_ref())?,
         Target::Offline { key, .. } => seal_offline(key, &secret, &policy, auth.as_ref())?,
+    };
+    let local_key = match (&local_scalar, &policy_key) {
+        (Some((scalar, _)), Some((_, policy_ref))) => {
+            Some(local_key::wrap(secret.expose(), policy_ref, scalar).map_err(Error::Other)?)
+        }
+        _ => None,
     };
     let passphrase = passphrase_of(&secret);
     let counter = if o.revocable {
@@ -254,6 +301,7 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         pin: pin_params,
         policy_key,
         counter,
+        local_key,
     };
     let token_id = match vol.add_token(&token.to_json()) {
         Ok(id) => id,
@@ -262,6 +310,24 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
             return Err(e.into());
         }
     };
+    if let (Some((scalar, _)), Some(values), Some((_, policy_ref))) =
+        (&local_scalar, &approved_now, &token.policy_key)
+    {
+        let first = first_approval(scalar, policy_ref, bank, values)
+            .and_then(|json| Ok(vol.add_token(&json)?));
+        if let Err(e) = first {
+            let _ = vol.remove_token(token_id);
+            let _ = vol.destroy_keyslot(keyslot);
+            return Err(e);
+        }
+        // The enrolling root may approve updates before the next boot, too.
+        let uuid = vol.uuid()?;
+        if let Err(e) = local_key::publish(&uuid, scalar) {
+            console::error(&format!(
+                "warning: cannot leave the local approval key in root's keyring ({e}); it is there after the next unlock"
+            ));
+        }
+    }
 
     // All or nothing: without its recovery key (when one was asked for) the new token and
     // keyslot go again, and the volume is as it was.
@@ -282,6 +348,29 @@ pub fn run(o: &EnrollOptions) -> Result<Enrolled> {
         keyslot,
         recovery_keyslot,
     })
+}
+
+fn new_policy_ref() -> Result<Vec<u8>> {
+    let nonce = Secret::random(16).map_err(|e| Error::Other(format!("no randomness: {e}")))?;
+    Ok([approval::POLICY_REF_PREFIX, nonce.expose()].concat())
+}
+
+/// The local key's approval of the values read at enrollment.
+fn first_approval(
+    scalar: &Secret,
+    policy_ref: &[u8],
+    bank: PcrBank,
+    values: &BTreeMap<u32, Vec<u8>>,
+) -> Result<serde_json::Value> {
+    let key = local_key::signing_key(scalar).map_err(Error::Other)?;
+    let set: Vec<(u32, Vec<u8>)> = values.iter().map(|(i, v)| (*i, v.clone())).collect();
+    let serial = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(1);
+    let signed =
+        approval::sign_with(&key, policy_ref, bank, &[set], serial, None).map_err(Error::Other)?;
+    serde_json::to_value(&signed).map_err(|e| Error::Other(e.to_string()))
 }
 
 /// Requirement 11 of the trust model: say what the PCRs leave open.

@@ -15,3 +15,4 @@ pub mod revoke;
 pub mod srk_public;
 pub mod status;
 pub mod unlock;
+pub mod update_approvals;

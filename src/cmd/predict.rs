@@ -8,11 +8,9 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::authenticode;
 use crate::error::{Error, Result};
-use crate::eventlog::{
-    EV_EFI_BOOT_SERVICES_APPLICATION, EventLog, TAG_LINUX_INITRD, TAG_LOAD_OPTIONS,
-};
+use crate::eventlog::EventLog;
+use crate::predict::{self, Loader, NextBoot};
 use crate::tpm::LazyTpm;
 use crate::tpm::pcr::PcrBank;
 
@@ -22,8 +20,9 @@ pub struct PredictOptions {
     pub eventlog: PathBuf,
     pub kernel: Option<PathBuf>,
     pub initrd: Option<PathBuf>,
-    /// The command line exactly as the boot loader passes it as LoadOptions.
+    /// The command line given to the boot loader (`loader` says what the stub sees).
     pub cmdline: Option<String>,
+    pub loader: Loader,
     pub pcrs: Vec<u32>,
     pub bank: PcrBank,
     pub verify: bool,
@@ -49,56 +48,15 @@ pub fn run(o: &PredictOptions) -> Result<String> {
     if o.verify {
         return verify(o, &log);
     }
-    if let Some(path) = &o.kernel {
-        let image = read(path)?;
-        // The kernel is the last application started (directly by the firmware, or by shim).
-        let last = log
-            .events
-            .iter()
-            .rev()
-            .find(|e| e.pcr == 4 && e.kind == EV_EFI_BOOT_SERVICES_APPLICATION)
-            .map(|e| e.number)
-            .ok_or_else(|| {
-                Error::Usage("the log has no EFI application in PCR 4 to replace".into())
-            })?;
-        let mut digests = BTreeMap::new();
-        for bank in &log.banks {
-            digests.insert(
-                *bank,
-                authenticode::pe_hash(&image, *bank)
-                    .map_err(|e| Error::Usage(format!("--kernel {}: {e}", path.display())))?,
-            );
-        }
-        log.substitute(|e| e.number == last, |b| digests[&b].clone());
-    }
-    if let Some(path) = &o.initrd {
-        let data = read(path)?;
-        let n = log.substitute(
-            |e| e.pcr == 9 && e.tag() == Some(TAG_LINUX_INITRD),
-            |b| b.hash(&data),
-        );
-        if n == 0 {
-            return Err(Error::Usage(
-                "the log has no initrd event in PCR 9 (the kernel measures the initrd only when the boot loader serves it through LoadFile2)".into(),
-            ));
-        }
-    }
-    if let Some(cmdline) = &o.cmdline {
-        let mut utf16: Vec<u8> = cmdline
-            .encode_utf16()
-            .flat_map(|c| c.to_le_bytes())
-            .collect();
-        utf16.extend_from_slice(&[0, 0]);
-        let n = log.substitute(
-            |e| e.pcr == 9 && e.tag() == Some(TAG_LOAD_OPTIONS),
-            |b| b.hash(&utf16),
-        );
-        if n == 0 {
-            return Err(Error::Usage(
-                "the log has no command-line event in PCR 9 (GRUB measures the command line into PCR 8, which sealroot does not predict yet)".into(),
-            ));
-        }
-    }
+    let kernel = o.kernel.as_ref().map(read).transpose()?;
+    let initrd = o.initrd.as_ref().map(read).transpose()?;
+    let next = NextBoot {
+        kernel: kernel.as_deref(),
+        initrd: initrd.as_deref(),
+        cmdline: o.cmdline.as_deref(),
+        loader: o.loader,
+    };
+    predict::apply(&mut log, &next).map_err(Error::Usage)?;
     let values = log.replay(o.bank).map_err(Error::Usage)?;
     let mut out = BTreeMap::new();
     for p in &o.pcrs {
@@ -108,11 +66,14 @@ pub fn run(o: &PredictOptions) -> Result<String> {
             .unwrap_or_else(|| vec![0u8; o.bank.digest_len()]);
         out.insert(p.to_string(), hex::encode(v));
     }
-    let json = json!({"pcr_bank": o.bank.name(), "pcr_values": out});
+    // The events too, so that an approval made from this file can later say which one a
+    // boot changed (`status`).
+    let events = predict::record(&log, &o.pcrs, o.bank);
+    let json = json!({"pcr_bank": o.bank.name(), "pcr_values": out, "events": events});
     Ok(serde_json::to_string_pretty(&json).unwrap_or_default() + "\n")
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>> {
+pub fn read(path: &PathBuf) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::Usage(format!("cannot read {}: {e}", path.display())))
 }
 

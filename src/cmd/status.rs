@@ -1,12 +1,14 @@
 //! `sealroot status`: what is enrolled, and whether each token's PCRs match right now.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 
 use crate::error::Result;
+use crate::eventlog::EventLog;
 use crate::luks::Volume;
 use crate::luks::reencrypt::Reencryption;
+use crate::predict;
 use crate::tokens::provision::{self, ProvisionToken};
 use crate::tokens::{self, PolicyCheck, UnsealPlan, token_keyslots, token_type};
 use crate::tpm::LazyTpm;
@@ -18,6 +20,8 @@ pub struct StatusOptions {
     pub signature: Option<PathBuf>,
     /// Approval files for tokens with a policy key (besides the header's).
     pub approvals: Vec<PathBuf>,
+    /// This boot's event log, to explain a mismatch event by event.
+    pub eventlog: PathBuf,
     pub tcti: Option<String>,
 }
 
@@ -59,6 +63,9 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
                 plan.load_signatures(o.signature.as_ref());
                 plan.load_approvals(&header, &o.approvals);
                 describe(&mut t, &plan, &mut tpm, &mut tpm_error);
+                if let Some(a) = &plan.approvals {
+                    explain_approvals(&mut t, a, &uuid, &o.eventlog);
+                }
             }
         }
         out.push(t);
@@ -76,6 +83,62 @@ pub fn run(o: &StatusOptions) -> Result<Value> {
         "tokens": out,
         "tpm_error": tpm_error,
     }))
+}
+
+/// For tokens with a policy key: whether this boot left its local key for the update
+/// hooks, and — when no approval holds — which event of this boot differs from the
+/// nearest approved boot (from the event log and the events the approval recorded).
+fn explain_approvals(t: &mut Value, a: &crate::tokens::Approvals, uuid: &str, eventlog: &Path) {
+    if a.local_key.is_some() {
+        t["local_approval_key"] = json!(match crate::local_key::find(uuid) {
+            Ok(Some(_)) => "loaded",
+            Ok(None) => "not loaded",
+            Err(_) => "unreadable",
+        });
+    }
+    if t.get("would_unseal").and_then(Value::as_bool) != Some(false) {
+        return;
+    }
+    let Some(newest) = a.found.iter().find(|ap| ap.events.is_some()) else {
+        return;
+    };
+    let log = match std::fs::read(eventlog)
+        .map_err(|e| e.to_string())
+        .and_then(|b| EventLog::parse(&b))
+    {
+        Ok(log) => log,
+        Err(e) => {
+            t["explanations"] =
+                json!([format!("the event log cannot say which event changed: {e}")]);
+            return;
+        }
+    };
+    let Ok(replayed) = log.replay(newest.bank) else {
+        return;
+    };
+    let pcrs = newest.pcrs();
+    let now_events = predict::record(&log, &pcrs, newest.bank);
+    let zeros = vec![0u8; newest.bank.digest_len()];
+    // The approved boot nearest to this one: the set with the fewest differing PCRs.
+    let differing = |set: &Vec<(u32, Vec<u8>)>| -> Vec<u32> {
+        set.iter()
+            .filter(|(i, v)| replayed.get(i).unwrap_or(&zeros) != v)
+            .map(|(i, _)| *i)
+            .collect()
+    };
+    let Some((set, events)) = newest
+        .sets
+        .iter()
+        .zip(newest.events.iter().flatten())
+        .min_by_key(|(set, _)| differing(set).len())
+    else {
+        return;
+    };
+    let lines: Vec<String> = differing(set)
+        .into_iter()
+        .map(|p| predict::explain(p, events, &now_events))
+        .collect();
+    t["explanations"] = json!(lines);
 }
 
 /// What the token binds, and whether the TPM would unseal it now: the plan checked against
@@ -287,6 +350,18 @@ pub fn render_text(s: &Value) -> String {
                 crate::console::escape(get(r, "source").as_str().unwrap_or("?")),
                 crate::console::escape(get(r, "reason").as_str().unwrap_or("?"))
             );
+        }
+        match get(t, "local_approval_key").as_str() {
+            Some("loaded") => {
+                out += "  local approval key: loaded in root's keyring (the update hooks approve new boots)\n"
+            }
+            Some(_) => {
+                out += "  local approval key: not in root's keyring (this boot was not unlocked by this token); updates need `sealroot approve`\n"
+            }
+            None => {}
+        }
+        for line in get(t, "explanations").as_array().into_iter().flatten() {
+            out += &format!("  {}\n", line.as_str().unwrap_or("?"));
         }
         if t.get("approvals")
             .is_some_and(|a| a.as_array().is_some_and(|a| a.is_empty()))

@@ -6,6 +6,7 @@ use crate::console;
 use crate::error::{Error, Result};
 use crate::firstboot::{self, FirstBoot};
 use crate::input;
+use crate::local_key;
 use crate::luks::{LuksError, Volume};
 use crate::secret::Secret;
 use crate::tokens::{self, UnsealPlan};
@@ -248,6 +249,13 @@ fn unlock_with_plan(
     let passphrase = plan
         .passphrase(&secret)
         .map_err(|e| Error::NoUsableToken(e.to_string()))?;
+    let local_key = match plan.approvals.as_ref() {
+        Some(a) if !test => a
+            .local_key
+            .as_ref()
+            .map(|wrapped| local_key::unwrap(secret.expose(), &a.policy_ref, wrapped)),
+        _ => None,
+    };
     drop(secret);
     let (_, volume_key) = vol
         .volume_key(Some(plan.keyslot), passphrase.expose())
@@ -262,6 +270,19 @@ fn unlock_with_plan(
     if !test {
         vol.activate(name, &volume_key)?;
         log::debug!("{name} activated");
+    }
+    // Only now that the keyslot opened: the booted system's update hooks approve with it.
+    if let Some(key) = local_key {
+        let published = key.and_then(|k| {
+            local_key::publish(&vol.uuid().map_err(|e| e.to_string())?, &k)
+                .map_err(|e| e.to_string())
+        });
+        match published {
+            Ok(()) => log::debug!("local approval key left in root's keyring"),
+            Err(e) => console::error(&format!(
+                "warning: the local approval key is not available to the booted system ({e}); updates need `sealroot approve` with a key file until the next boot"
+            )),
+        }
     }
     Ok(volume_key)
 }

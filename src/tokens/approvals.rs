@@ -17,6 +17,8 @@ pub struct Approvals {
     pub key_public: Vec<u8>,
     pub policy_ref: Vec<u8>,
     pub counter: Option<crate::tpm::nv::NvCounter>,
+    /// A local approval key's private half, encrypted under the sealed secret.
+    pub local_key: Option<Vec<u8>>,
     pub found: Vec<crate::approval::Approval>,
     /// Approvals that did not verify, with why (for status).
     pub refused: Vec<(String, String)>,

@@ -380,10 +380,20 @@ impl UnsealPlan {
         match check {
             PolicyCheck::Satisfied => String::new(),
             PolicyCheck::Unapproved { pcrs } => format!(
-                "no valid signature approves the current {} PCR {} value{} (tpm2-pcr-signature.json); use `sealroot recover`",
+                "no valid {} approves the current {} PCR {} value{}; {}",
+                if self.approvals.is_some() {
+                    "approval (sealroot-approval token or --approval file)"
+                } else {
+                    "signature (tpm2-pcr-signature.json)"
+                },
                 self.signed.as_ref().map_or(self.bank, |s| s.bank),
                 join(pcrs),
-                if pcrs.len() == 1 { "" } else { "s" }
+                if pcrs.len() == 1 { "" } else { "s" },
+                if self.approvals.is_some() {
+                    "approve this boot (`sealroot approve`) if it is yours, or use `sealroot recover`"
+                } else {
+                    "use `sealroot recover`"
+                }
             ),
             PolicyCheck::Differ { pcrs, certain } => {
                 let fence = match self.fence {

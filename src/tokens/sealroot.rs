@@ -79,6 +79,10 @@ struct TokenJson {
     tpm2_nv_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     tpm2_nv_value: Option<u64>,
+    /// base64 of the local approval key's private half, encrypted under the sealed secret
+    /// (`enroll --local-approval`, `local_key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tpm2_local_approval_key: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +107,8 @@ pub struct SealrootToken {
     pub policy_key: Option<(PolicyKey, Vec<u8>)>,
     /// The revocation counter of a signed policy, if any.
     pub counter: Option<NvCounter>,
+    /// The policy key's private half, encrypted under the sealed secret.
+    pub local_key: Option<Vec<u8>>,
 }
 
 impl SealrootToken {
@@ -165,6 +171,7 @@ impl SealrootToken {
             tpm2_nv_counter: self.counter.as_ref().map(|c| format!("0x{:08x}", c.index)),
             tpm2_nv_name: self.counter.as_ref().map(|c| hex::encode(&c.name)),
             tpm2_nv_value: self.counter.as_ref().map(|c| c.value),
+            tpm2_local_approval_key: self.local_key.as_ref().map(|k| B64.encode(k)),
         };
         // Serializing a struct of strings, numbers and maps with string keys cannot fail.
         serde_json::to_value(json).unwrap_or(Value::Null)
@@ -326,6 +333,16 @@ impl SealrootToken {
             policy_digest,
             fence_pcr: json.fence_pcr,
             pin,
+            local_key: match &json.tpm2_local_approval_key {
+                Some(_) if policy_key.is_none() => {
+                    return Err(bad("tpm2_local_approval_key without a policy key".into()));
+                }
+                Some(k) => Some(
+                    B64.decode(k)
+                        .map_err(|e| bad(format!("tpm2_local_approval_key is not base64: {e}")))?,
+                ),
+                None => None,
+            },
             policy_key,
             counter,
         };
@@ -375,6 +392,7 @@ pub fn plan(id: u32, json: &Value) -> Result<UnsealPlan, PlanError> {
             key,
             policy_ref,
             counter: token.counter,
+            local_key: token.local_key,
             found: Vec::new(),
             refused: Vec::new(),
             chosen: None,

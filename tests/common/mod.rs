@@ -305,6 +305,7 @@ fn takes_tcti(args: &[&str]) -> bool {
         Some(&"enroll")
             | Some(&"unlock")
             | Some(&"status")
+            | Some(&"update-approvals")
             | Some(&"fence")
             | Some(&"initrd-config")
             | Some(&"srk-public")
