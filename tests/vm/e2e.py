@@ -1223,7 +1223,8 @@ def main():
             raise Failure(f"no sealroot-approval token after enroll --local-approval: {types}")
 
         # Boot 2: unattended; the update.
-        text = boot("updates-update", "upd-update", timeout=2 * BOOT_TIMEOUT)
+        # update-initramfs under TCG: about 4 minutes on an idle host.
+        text = boot("updates-update", "upd-update", timeout=3 * BOOT_TIMEOUT)
         show(text, "E2E-(STATUS|VERIFY|UPDATE|LOG|INITRD|APPROVAL)")
         need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "unlock, boot 2")
         need(text, r"^E2E-STATUS .*local approval key: loaded", "local key in the keyring")
