@@ -94,7 +94,8 @@ class Guest:
         pattern of the console after which QEMU is killed (SIGKILL, by its PID: a power
         cut), `kill_after` seconds later, instead of waiting for the guest's power-off.
         `timeout`: the boot's limit in seconds (default BOOT_TIMEOUT); `initrd`: another
-        initrd (an updated one); `kernel`: another kernel image. Returns the serial log with carriage returns removed."""
+        initrd (an updated one); `kernel`: another kernel image. Returns the serial log
+        with carriage returns removed."""
         timeout = timeout or BOOT_TIMEOUT
         self.boots += 1
         cmdline = cmdline or self.cmdline
