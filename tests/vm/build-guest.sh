@@ -4,7 +4,7 @@
 # inside that root (as an image builder would: update-initramfs, or dracut with and without
 # its systemd module), and the root file system encrypted in place as a LUKS2 disk image.
 # Usage: build-guest.sh OUT [initramfs-tools|dracut]
-# Outputs: disk.img vmlinuz passphrase uuid, and initrd.img (initramfs-tools) or
+# Outputs: disk.img vmlinuz kver boot/ (the root's /boot) passphrase uuid, and initrd.img (initramfs-tools) or
 # initrd-systemd.img + initrd-nosystemd.img (dracut).
 set -euo pipefail
 
@@ -93,6 +93,10 @@ CONF
 esac
 cleanup
 cp "$ROOT/boot/vmlinuz-$KVER" "$OUT/vmlinuz"
+# The root's /boot as built (kernel, initrd, config): scenario 15 boots from an unencrypted
+# /boot disk the harness makes of it.
+cp -a "$ROOT/boot" "$OUT/boot"
+echo "$KVER" >"$OUT/kver"
 
 # ext4 with 4 KiB blocks (LUKS2 on a file uses 4 KiB sectors), 32 MiB left free at the end,
 # then encrypted in place: no device-mapper needed on this host.

@@ -85,7 +85,7 @@ class Guest:
 
     def boot(self, name, mode, cmdline=None, tpm=True, answer=None, persist=False, pins=(),
              disk=None, extra=None, tpm_state=None, extra_writable=False, kill_on=None,
-             kill_after=0.0, timeout=None, initrd=None):
+             kill_after=0.0, timeout=None, initrd=None, kernel=None):
         """Boots once. `answer`: what to type at the passphrase prompt (None: a prompt is a
         failure); `pins`: what to type at successive PIN prompts (more prompts than answers
         is a failure); `disk`: another root disk; `extra`: a third disk (/dev/vdc), or a
@@ -94,7 +94,8 @@ class Guest:
         pattern of the console after which QEMU is killed (SIGKILL, by its PID: a power
         cut), `kill_after` seconds later, instead of waiting for the guest's power-off.
         `timeout`: the boot's limit in seconds (default BOOT_TIMEOUT); `initrd`: another
-        initrd (an updated one). Returns the serial log with carriage returns removed."""
+        initrd (an updated one); `kernel`: another kernel image. Returns the serial log
+        with carriage returns removed."""
         timeout = timeout or BOOT_TIMEOUT
         self.boots += 1
         cmdline = cmdline or self.cmdline
@@ -114,7 +115,7 @@ class Guest:
             "-no-reboot", "-net", "none",
             "-drive", f"if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}",
             "-drive", f"if=pflash,format=raw,unit=1,file={self.vars}",
-            "-kernel", os.path.join(self.guest, "vmlinuz"),
+            "-kernel", kernel or os.path.join(self.guest, "vmlinuz"),
             "-initrd", initrd or self.initrd,
             "-append", cmdline,
             "-drive", "file=%s,format=raw,if=virtio%s"
@@ -451,6 +452,41 @@ def updated_initrd(src, dst):
     return hashlib.sha256(data).hexdigest()
 
 
+def make_boot_disk(tree, image):
+    """An unencrypted ext4 image of the directory `tree` (the guest root's /boot), made on
+    the host by mke2fs -d, with room for update-initramfs to write a new initrd."""
+    mib = int(check_run(["du", "-sm", tree], "du", text=True).stdout.split()[0]) + 96
+    if os.path.exists(image):
+        os.unlink(image)
+    check_run(["mke2fs", "-q", "-t", "ext4", "-L", "e2e-boot", "-d", tree, image, f"{mib}M"],
+              "mke2fs -d of the /boot disk")
+
+
+def debugfs_dump(image, path, out):
+    """Copies PATH of the ext4 image to the host file OUT (the harness as boot loader)."""
+    if os.path.exists(out):
+        os.unlink(out)
+    check_run(["debugfs", "-R", f"dump {path} {out}", image], f"debugfs dump {path}")
+    if not os.path.isfile(out) or os.path.getsize(out) == 0:
+        raise Failure(f"{path} is missing or empty on {image}")
+
+
+def debugfs_replace(image, local, path):
+    """Replaces PATH in the ext4 image by the host file LOCAL (debugfs rm + write)."""
+    cmds = image + ".debugfs"
+    with open(cmds, "w") as f:
+        f.write(f"rm {path}\nwrite {local} {path}\n")
+    try:
+        check_run(["debugfs", "-w", "-f", cmds, image], f"debugfs rm+write {path}")
+    finally:
+        os.unlink(cmds)
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
 def live_pcrs(text):
     """PCRs 4 and 9 as the guest read them from sysfs (mode "pcrs")."""
     return {p: need(text, rf"^E2E-PCR {p} ([0-9a-f]{{64}})$", f"PCR {p} from sysfs").group(1)
@@ -545,7 +581,7 @@ def main():
         g.recovery_key = need(text, r"^E2E-RECOVERY-KEY ([a-z-]{71})", "recovery key").group(1)
 
     def unattended():
-        text = g.boot("unlock", "check")
+        text = g.boot("unlock", "check verify")
         need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as ", "sealroot unlock")
         need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
         # Scenario 3: from the booted root the key no longer unseals.
@@ -555,6 +591,14 @@ def main():
         stock = need(text, r"^E2E-PASSPHRASE-CHECK rc=0 seconds=([0-9.]+)", "stock").group(1)
         luks = need(text, r"^E2E-RECOVER-CHECK rc=0 seconds=([0-9.]+)", "recover").group(1)
         ready = kmsg_time(text, "sealroot: devices ready")
+        # The firmware's event log, replayed by `sealroot predict --verify`, accounts for
+        # the live PCRs 4, 7 and 9.
+        for line in re.findall(r"^E2E-VERIFY.*$", text, re.M):
+            print(f"  {line}", flush=True)
+        need(text, r"^E2E-VERIFY rc=0$", "predict --verify in the booted root")
+        for p in (4, 7, 9):
+            need(text, rf"^E2E-VERIFY-OUT PCR {p}: the log replays to the live value$",
+                 f"PCR {p} replayed by predict --verify")
         if start is not None and done is not None:
             print(f"  timing (guest under TCG): sealroot script start -> mapping ready "
                   f"{done - start:.3f}s, of which waiting for disk and TPM "
@@ -1100,6 +1144,135 @@ def main():
         for line in lines:
             print(f"  {line}", flush=True)
 
+    def updates():
+        """Scenario 15 (initramfs-tools only): kernel, initrd and command line updates keep
+        unlocking, approved from the booted system by a local policy key. A fresh copy of
+        the guest's disk (the passphrase keyslot only, persisted across these boots) and a
+        fresh vTPM. The guest's /boot is a separate unencrypted ext4 disk (/dev/vdc, made
+        here from the guest root's /boot by mke2fs -d, writable); the harness is the boot
+        loader: before each boot it reads vmlinuz-KVER, initrd.img-KVER and cmdline (the
+        full -append string, the boot loader's configuration, which the guest keeps equal
+        to /etc/kernel/cmdline) from that disk with debugfs and boots them directly.
+        - boot 1: no token, the stock prompt, the passphrase; the booted root writes
+          /etc/kernel/cmdline and /etc/default/sealroot (the hooks model QEMU's direct
+          boot with 1 GiB) and enrolls `--local-approval --pcrs 4,9`;
+        - boot 2: no prompt; status shows the local approval key loaded; the event log
+          replays to the live PCRs 4, 7, 9 (saved as eventlog-updates.*); then a new
+          command line (/etc/kernel/cmdline and /boot/cmdline) and an initramfs-tools
+          configuration change, `update-initramfs -u`: its post-update hook approves the
+          new boot (the approval in the header changes);
+        - boot 3: the new kernel, initrd and command line unlock with no prompt;
+          `update-approvals --prune` keeps this boot only;
+        - boot 4: the initrd on the /boot disk replaced behind the hooks' back (one file
+          appended): the stock prompt after the fence, the passphrase; status in the booted
+          root says PCR 9 differs because of the initrd."""
+        d = os.path.join(g.work, "updates")
+        if os.path.exists(d):
+            shutil.rmtree(d)
+        os.makedirs(d)
+        with open(os.path.join(g.guest, "kver")) as f:
+            kver = f.read().strip()
+        tree = os.path.join(d, "boot-tree")
+        shutil.copytree(os.path.join(g.guest, "boot"), tree, symlinks=True)
+        with open(os.path.join(tree, "cmdline"), "w") as f:
+            f.write(g.cmdline + "\n")
+        bootimg = os.path.join(d, "boot.img")
+        make_boot_disk(tree, bootimg)
+        shutil.rmtree(tree)
+        disk = os.path.join(d, "disk.img")
+        copy_sparse(os.path.join(g.guest, "disk.img"), disk)
+        state = os.path.join(d, "tpm")
+        os.makedirs(state)
+        loaded = {}
+
+        def load():
+            """The boot loader: kernel, initrd and command line from the /boot disk."""
+            n = loaded["n"] = loaded.get("n", 0) + 1
+            k, i = os.path.join(d, f"vmlinuz.{n}"), os.path.join(d, f"initrd.{n}")
+            c = os.path.join(d, f"cmdline.{n}")
+            debugfs_dump(bootimg, f"/vmlinuz-{kver}", k)
+            debugfs_dump(bootimg, f"/initrd.img-{kver}", i)
+            debugfs_dump(bootimg, "/cmdline", c)
+            with open(c) as f:
+                cmdline = f.read().strip()
+            loaded.update(kernel=k, initrd=i, cmdline=cmdline, initrd_sha=sha256_file(i))
+            print(f"  /boot disk: vmlinuz-{kver} sha256 {sha256_file(k)[:16]}..., "
+                  f"initrd.img-{kver} sha256 {loaded['initrd_sha'][:16]}..., "
+                  f"cmdline {cmdline!r}", flush=True)
+
+        def boot(name, mode, **kw):
+            load()
+            return g.boot(name, mode, disk=disk, tpm_state=state, persist=True,
+                          extra=bootimg, extra_writable=True, kernel=loaded["kernel"],
+                          initrd=loaded["initrd"], cmdline=loaded["cmdline"], **kw)
+
+        def show(text, prefix):
+            for m in re.finditer(rf"^{prefix}.*$", text, re.M):
+                print(f"  {m.group(0)}", flush=True)
+
+        def approvals():
+            return [t for t in luks_tokens(disk) if t.get("type") == "sealroot-approval"]
+
+        # Boot 1: the passphrase; enroll with a local approval key.
+        text = boot("updates-enroll", "upd-enroll", answer=g.passphrase)
+        show(text, "E2E-(ENROLLED|LOG|STATUS|BOOT)")
+        need(text, r"^E2E-ENROLLED rc=0", "enroll --local-approval in the booted guest")
+        types = sorted(t.get("type") for t in luks_tokens(disk))
+        print(f"  host: tokens {types}", flush=True)
+        first = approvals()
+        if not first:
+            raise Failure(f"no sealroot-approval token after enroll --local-approval: {types}")
+
+        # Boot 2: unattended; the update.
+        # update-initramfs under TCG: about 4 minutes on an idle host.
+        text = boot("updates-update", "upd-update", timeout=3 * BOOT_TIMEOUT)
+        show(text, "E2E-(STATUS|VERIFY|UPDATE|LOG|INITRD|APPROVAL)")
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "unlock, boot 2")
+        need(text, r"^E2E-STATUS .*local approval key: loaded", "local key in the keyring")
+        need(text, r"^E2E-VERIFY rc=0$", "predict --verify, boot 2")
+        save_eventlog(text, g.work, "eventlog-updates", {
+            "kernel": loaded["kernel"], "initrd": loaded["initrd"],
+            "cmdline": loaded["cmdline"], "pcrs_sha256": live_pcrs(text)})
+        need(text, r"^E2E-UPDATE-INITRAMFS rc=0 ", "update-initramfs -u with the hook")
+        m = need(text, r"^E2E-INITRD before=(\S+) after=(\S+)", "initrd checksums")
+        if m.group(1) == m.group(2):
+            raise Failure("update-initramfs -u left the initrd unchanged")
+        need(text, r"^E2E-APPROVAL-TOKEN present", "an approval token after the hook")
+        second = approvals()
+        print(f"  host: {len(second)} approval token(s) after the update", flush=True)
+        if not second or second == first:
+            raise Failure("the post-update hook did not replace the approval")
+        old_initrd = loaded["initrd_sha"]
+
+        # Boot 3: the new kernel, initrd and command line, no prompt; prune.
+        text = boot("updates-new-boot", "upd-prune")
+        show(text, "E2E-(CMDLINE|STATUS|PRUNED|LOG)")
+        if "e2e.updated=1" not in loaded["cmdline"] or loaded["initrd_sha"] == old_initrd:
+            raise Failure("the /boot disk does not hold the updated initrd and command line")
+        need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as root", "unlock, boot 3")
+        need(text, r"^E2E-PRUNED rc=0", "update-approvals --prune")
+        need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds in the booted root")
+        third = approvals()
+        print(f"  host: {len(third)} approval token(s) after the prune", flush=True)
+        if not third or third == second:
+            raise Failure("update-approvals --prune did not replace the approval")
+
+        # Boot 4: an initrd nobody approved.
+        load()
+        swapped = os.path.join(d, "initrd-swapped")
+        digest = updated_initrd(loaded["initrd"], swapped)
+        debugfs_replace(bootimg, swapped, f"/initrd.img-{kver}")
+        print(f"  host: initrd.img-{kver} on the /boot disk replaced (sha256 "
+              f"{digest[:16]}...)", flush=True)
+        text = boot("updates-initrd-swapped", "upd-status", answer=g.passphrase)
+        if loaded["initrd_sha"] != digest:
+            raise Failure("the /boot disk does not hold the replaced initrd")
+        show(text, "E2E-STATUS")
+        fence_before_prompt(text)
+        need(text, r"^E2E-STATUS .*PCR 9: the initrd differs from the approved one",
+             "status names the initrd")
+        need(text, r"^E2E-FENCE-CHECK rc=5", "fence holds after the prompt")
+
     def fence_before_prompt(text):
         fence = text.find("sealroot: fence PCR 15 extended")
         prompt = PROMPT.search(text)
@@ -1142,6 +1315,10 @@ def main():
                      "escrows decrypt with age", golden_keys)
             scenario("13. golden instance A (initramfs-tools only): escrowed recovery key at "
                      "the stock prompt; cryptsetup reencrypt figures", golden_recovery_and_figures)
+            scenario("15. updates keep unlocking (initramfs-tools only): a local approval key; "
+                     "update-initramfs with a new command line approves the next boot from "
+                     "the booted system; an initrd swapped behind its back prompts",
+                     updates)
     except Failure as e:
         print(f"FAIL ({flavour}): {e}", file=sys.stderr)
         return 1

@@ -4,10 +4,16 @@
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$REPO/target/e2e
-rm -rf "$WORK"
-mkdir -p "$WORK"
 # Usage: run.sh [FLAVOUR...]  (default: all of initramfs-tools dracut-systemd dracut-nosystemd)
+# E2E_KEEP_GUEST=1 (development): reuse a guest already built in target/e2e (its sealroot is
+# then the one it was built with); only the flavours' work directories start afresh.
 flavours=${*:-initramfs-tools dracut-systemd dracut-nosystemd}
+if [ "${E2E_KEEP_GUEST:-}" = 1 ]; then
+    for flavour in $flavours; do rm -rf "${WORK:?}/$flavour"; done
+else
+    rm -rf "$WORK"
+fi
+mkdir -p "$WORK"
 status=0
 built=""
 for flavour in $flavours; do
@@ -16,8 +22,12 @@ for flavour in $flavours; do
     case " $built " in
     *" $base "*) ;;
     *)
-        echo "e2e: building the $base guest" >&2
-        "$REPO/tests/vm/build-guest.sh" "$WORK/guest-$base" "$base"
+        if [ "${E2E_KEEP_GUEST:-}" = 1 ] && [ -s "$WORK/guest-$base/disk.img" ]; then
+            echo "e2e: reusing the $base guest in $WORK/guest-$base (E2E_KEEP_GUEST=1)" >&2
+        else
+            echo "e2e: building the $base guest" >&2
+            "$REPO/tests/vm/build-guest.sh" "$WORK/guest-$base" "$base"
+        fi
         built="$built $base"
         ;;
     esac
