@@ -138,10 +138,22 @@ fn explain_approvals(t: &mut Value, a: &crate::tokens::Approvals, uuid: &str, ev
     else {
         return;
     };
-    let lines: Vec<String> = differing(set)
+    let mut lines: Vec<String> = differing(set)
         .into_iter()
         .map(|p| predict::explain(p, events, &now_events))
         .collect();
+    // QEMU's direct kernel boot writes the initrd's size into the kernel's header: a new
+    // initrd alone changes the kernel's measurement there.
+    if lines.iter().any(|l| l.contains("the initrd differs")) {
+        for line in lines
+            .iter_mut()
+            .filter(|l| l.ends_with("a different kernel image"))
+        {
+            line.push_str(
+                " (or, under QEMU's direct kernel boot, the same kernel with an initrd of another size)",
+            );
+        }
+    }
     t["explanations"] = json!(lines);
 }
 
