@@ -69,8 +69,23 @@ impl Tpm {
             self.load(parent, req.object)?
         };
         let result = self.unseal_loaded(parent, object, req);
+        if req.auth.is_some() {
+            self.forget_auth(object);
+        }
         self.flush(object);
         result
+    }
+
+    /// ESAPI keeps an object's authValue in its resource node and frees the node unwiped at
+    /// FlushContext: overwrite it first (tests/residue.rs found it on the heap).
+    fn forget_auth(&mut self, object: ESYS_TR) {
+        if let Ok(empty) = tpm2b_auth(&[]) {
+            // SAFETY: empty is a live local; ESAPI copies the whole TPM2B over the stored one.
+            let rc = unsafe { Esys_TR_SetAuth(self.ctx, object, &empty) };
+            if rc != 0 {
+                log::debug!("TR_SetAuth (clearing the PIN's authValue) failed: 0x{rc:x}");
+            }
+        }
     }
 
     fn unseal_loaded(
