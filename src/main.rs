@@ -15,6 +15,12 @@ use sealroot::error::{Error, exit};
 use sealroot::luks::volume::quiet_library_log;
 
 fn main() -> ExitCode {
+    // C libraries (tpm2-tss keeps a session's HMAC key — session key ‖ the PIN's
+    // authValue — in a node it frees unwiped) leave secrets in freed heap memory: glibc
+    // overwrites every chunk it frees outside its per-thread cache with this byte. Set
+    // before anything allocates.
+    // SAFETY: mallopt only changes allocator settings.
+    unsafe { nix::libc::mallopt(nix::libc::M_PERTURB, 0x5a) };
     quiet_tss_log();
     init_logging();
     let cli = Cli::parse();
