@@ -33,7 +33,7 @@ test:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) test
-	./scripts/fuzz.sh short
+	FUZZ_SECONDS=2 ./scripts/fuzz.sh short
 	$(MAKE) check-static
 	SEALROOT_BIN=$(CURDIR)/$(STATIC_BIN) $(CARGO) test --tests
 	$(MAKE) e2e
