@@ -170,7 +170,7 @@ pub enum Command {
         #[arg(
             long,
             value_name = "FILE",
-            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+            default_value = sealroot::cmd::predict::DEFAULT_LOG
         )]
         eventlog: PathBuf,
         #[command(flatten)]
@@ -216,7 +216,7 @@ pub enum Command {
         #[arg(
             long,
             value_name = "FILE",
-            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+            default_value = sealroot::cmd::predict::DEFAULT_LOG
         )]
         eventlog: PathBuf,
         /// The next kernel (its Authenticode hash replaces the last EFI application in PCR 4).
@@ -276,7 +276,7 @@ pub enum Command {
         #[arg(
             long,
             value_name = "FILE",
-            default_value = "/sys/kernel/security/tpm0/binary_bios_measurements"
+            default_value = sealroot::cmd::predict::DEFAULT_LOG
         )]
         eventlog: PathBuf,
         #[command(flatten)]
