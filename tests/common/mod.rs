@@ -38,6 +38,31 @@ fn free_port_pair() -> u16 {
     }
 }
 
+/// Whether process `pid` holds the socket listening on 127.0.0.1:`port`
+/// (/proc/net/tcp names the socket's inode; the process's fds name the sockets it holds).
+fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let wanted = format!("0100007F:{port:04X}");
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return false;
+    };
+    let inodes: Vec<String> = table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            (f.len() > 9 && f[1] == wanted && f[3] == LISTEN).then(|| format!("socket:[{}]", f[9]))
+        })
+        .collect();
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str()))
+    })
+}
+
 impl Swtpm {
     /// A factory-fresh TPM on its own state dir inside `dir`.
     pub fn start(dir: &Path) -> Swtpm {
@@ -84,7 +109,12 @@ impl Swtpm {
                 return false;
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return true;
+                // Another test's swtpm may hold the port this one failed to bind: only a
+                // listener owned by our child counts, or this test would share a TPM.
+                return self
+                    .child
+                    .as_ref()
+                    .is_some_and(|c| listens_on(c.id(), self.port));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
