@@ -1,7 +1,8 @@
 #!/bin/bash
-# A Debian 12 guest root for the VM boot tests, made by debootstrap and cached outside the
+# A Debian guest root for the VM boot tests, made by debootstrap and cached outside the
 # repository (keyed by its inputs), so later runs do not download again.
-# Usage: guest-base.sh [initramfs-tools|dracut]. Prints the path of the cached tarball.
+# Usage: guest-base.sh [initramfs-tools|dracut] [bookworm|trixie]. Prints the path of the
+# cached tarball.
 #
 # The dracut flavour is what an image builder does on Debian: dracut replaces
 # initramfs-tools as the package providing linux-initramfs-tool, installed with apt in the
@@ -9,8 +10,8 @@
 set -euo pipefail
 
 FLAVOUR=${1:-initramfs-tools}
+SUITE=${2:-bookworm}
 CACHE=${SEALROOT_E2E_CACHE:-/var/cache/sealroot-e2e}
-SUITE=bookworm
 # The mirror this machine's apt uses (a local mirror works too).
 MIRROR=$("$(dirname "$0")/../../scripts/debian-mirror.sh")
 case "$FLAVOUR" in
@@ -21,8 +22,15 @@ initramfs-tools)
 dracut)
     INCLUDE=udev,kmod,e2fsprogs,procps,cryptsetup-bin,systemd
     LATER="dracut linux-image-cloud-amd64 cryptsetup"
+    # trixie's systemd 257 ships systemd-cryptsetup (the initrd's unlock unit for the
+    # comparison and the stock path) as its own package.
+    [ "$SUITE" = bookworm ] || LATER="$LATER systemd-cryptsetup"
     ;;
 *) echo "guest-base: unknown flavour $FLAVOUR" >&2; exit 2 ;;
+esac
+case "$SUITE" in
+bookworm | trixie) ;;
+*) echo "guest-base: unknown release $SUITE (bookworm or trixie)" >&2; exit 2 ;;
 esac
 KEY=$(printf '%s\n' "$SUITE" "$MIRROR" "$INCLUDE" "$LATER" "v1" | sha256sum | cut -c1-12)
 TARBALL=$CACHE/guest-$SUITE-$FLAVOUR-$KEY.tar
