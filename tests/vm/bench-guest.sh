@@ -1,8 +1,8 @@
 #!/bin/bash
 # The boot benchmark's guest (make bench-boot): the VM suite's dracut guest (build-guest.sh),
-# built from its Debian 12 root plus what the comparison needs: tpm2-tools (dracut's tpm2-tss
-# module requires it; it brings libtss2, which libcryptsetup's systemd-tpm2 token plugin
-# loads) with that module in the initrd, and the benchmark's init (tests/vm/bench-init).
+# built from its Debian 12 root plus what the comparison needs: libtss2 (with tpm2-tools),
+# which libcryptsetup's systemd-tpm2 token plugin loads, both in the initrd, and the
+# benchmark's init (tests/vm/bench-init).
 # One initrd serves both variants: the harness masks sealroot.service for systemd-cryptsetup.
 # Usage: bench-guest.sh OUT. The extended root is cached next to the suite's (apt runs once).
 set -euo pipefail
@@ -40,7 +40,11 @@ extra=$(mktemp -d /tmp/bench-guest.XXXXXX)
 trap 'rm -rf "$extra"' EXIT
 install -D -m 755 "$REPO/tests/vm/bench-init" "$extra/sbin/bench-init"
 mkdir -p "$extra/etc/dracut.conf.d"
-echo 'add_dracutmodules+=" tpm2-tss "' >"$extra/etc/dracut.conf.d/bench.conf"
+# The token plugin and what it loads, by hand: dracut's tpm2-tss module needs its systemd
+# module, which the suite's second initrd (without systemd) omits.
+lib=/usr/lib/x86_64-linux-gnu
+echo "install_items+=\" $lib/cryptsetup/libcryptsetup-token-systemd-tpm2.so $lib/libtss2-esys.so.0 $lib/libtss2-rc.so.0 $lib/libtss2-mu.so.0 $lib/libtss2-tcti-device.so.0 \"" \
+    >"$extra/etc/dracut.conf.d/bench.conf"
 cp "$TSS" "$root_tar.tmp"
 tar -C "$extra" -rf "$root_tar.tmp" ./sbin/bench-init ./etc/dracut.conf.d/bench.conf
 mv "$root_tar.tmp" "$root_tar"
