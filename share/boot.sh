@@ -80,6 +80,16 @@ sr_tcti() {
     fi
 }
 
+# dm-crypt and the cipher of LUKS2's default (aes-xts-plain64), loaded in the background
+# while the script waits for the disk and the TPM: otherwise the first table load waits
+# for them as the kernel looks the cipher up, module by module. A module this machine
+# cannot use (aesni_intel without AES-NI) fails quietly; the kernel still loads what it
+# needs on its own.
+sr_preload_modules() {
+    command -v modprobe >/dev/null 2>&1 || return 0
+    modprobe -q -a dm_crypt aesni_intel xts </dev/null >/dev/null 2>&1 &
+}
+
 # sealroot with a clean environment (no SEALROOT_TCTI, TSS2_LOG, … from the kernel command
 # line) and an explicit TPM.
 sr_run() {

@@ -4,3 +4,6 @@ pub mod reencrypt;
 pub mod volume;
 
 pub use volume::{LuksError, Volume};
+
+#[cfg(feature = "static")]
+mod json_seed;

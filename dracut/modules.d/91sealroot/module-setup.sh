@@ -54,6 +54,11 @@ install() {
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/sealroot.service" "$systemdsystemunitdir/sealroot.service"
         $SYSTEMCTL -q --root "$initdir" enable sealroot.service
+        # systemd-cryptsetup@ units skip the mappings sealroot opened (sealroot-unlock marks
+        # them; a condition-skipped unit still satisfies what waits on it).
+        mkdir -p "$initdir$systemdsystemunitdir/systemd-cryptsetup@.service.d"
+        printf '%s\n' '[Unit]' 'ConditionPathExists=!/run/sealroot/opened/%I' \
+            >"$initdir$systemdsystemunitdir/systemd-cryptsetup@.service.d/sealroot.conf"
     else
         inst_hook pre-trigger 90 "$moddir/sealroot-queue.sh"
         inst_multiple env

@@ -70,6 +70,7 @@ disks_present() {
     for v in $list; do [ -e "$(resolve "${v%=*}")" ] || return 1; done
 }
 sr_say "starting ($(echo $list | wc -w) volume(s))"
+sr_preload_modules
 deadline=$(($(uptime_s) + TIMEOUT))
 until disks_present || [ "$(uptime_s)" -ge "$deadline" ]; do sleep 0.1; done
 deadline=$(($(uptime_s) + TPM_TIMEOUT))
@@ -90,4 +91,13 @@ done
 [ $# -gt 0 ] || exit 0
 mkdir -p /run/cryptsetup
 sr_unlock --askpass /sbin/sealroot-askpass -- "$@"
+# The fence holds now (sr_unlock). A mapping this run opened needs no systemd-cryptsetup@
+# unit, which would only start to say "already active": its drop-in skips the unit when
+# the mapping is marked here. A volume sealroot did not open is not marked: its unit runs
+# and prompts as usual.
+mkdir -p /run/sealroot/opened
+while [ $# -ge 2 ]; do
+    [ -e "/dev/mapper/$2" ] && : >"/run/sealroot/opened/$2"
+    shift 2
+done
 exit 0
