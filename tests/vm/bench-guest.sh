@@ -40,10 +40,11 @@ extra=$(mktemp -d /tmp/bench-guest.XXXXXX)
 trap 'rm -rf "$extra"' EXIT
 install -D -m 755 "$REPO/tests/vm/bench-init" "$extra/sbin/bench-init"
 mkdir -p "$extra/etc/dracut.conf.d"
-# The token plugin and what it loads, by hand: dracut's tpm2-tss module needs its systemd
-# module, which the suite's second initrd (without systemd) omits.
+# The token plugin and the libraries it loads (dlopen: dracut cannot see them, nor the
+# dependencies of listed ones), by hand: dracut's tpm2-tss module needs its systemd module,
+# which the suite's second initrd (without systemd) omits.
 lib=/usr/lib/x86_64-linux-gnu
-echo "install_items+=\" $lib/cryptsetup/libcryptsetup-token-systemd-tpm2.so $lib/libtss2-esys.so.0 $lib/libtss2-rc.so.0 $lib/libtss2-mu.so.0 $lib/libtss2-tcti-device.so.0 \"" \
+echo "install_items+=\" $lib/cryptsetup/libcryptsetup-token-systemd-tpm2.so $lib/libtss2-esys.so.0 $lib/libtss2-sys.so.1 $lib/libtss2-rc.so.0 $lib/libtss2-mu.so.0 $lib/libtss2-tcti-device.so.0 \"" \
     >"$extra/etc/dracut.conf.d/bench.conf"
 cp "$TSS" "$root_tar.tmp"
 tar -C "$extra" -rf "$root_tar.tmp" ./sbin/bench-init ./etc/dracut.conf.d/bench.conf
