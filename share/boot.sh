@@ -63,21 +63,30 @@ sr_config() {
 # the command line's text; the debug log shows no secrets. libcryptsetup's own trace stays
 # off: it would slow the step it measures.
 sr_debug_flag() {
-    case " $(cat /proc/cmdline 2>/dev/null) " in
+    read -r sr_cmdline 2>/dev/null </proc/cmdline
+    case " ${sr_cmdline:-} " in
     *" sealroot.debug "*) SR_LOG=debug,libcryptsetup=info ;;
     esac
 }
 
 sr_tpm_present() { [ -n "$SR_TCTI" ] || [ -e /dev/tpmrm0 ] || [ -e /dev/tpm0 ]; }
 
+# The TCTI in SR_TCTI_NOW (a variable, not $(...): in an early initrd every fork costs).
 sr_tcti() {
     if [ -n "$SR_TCTI" ]; then
-        echo "$SR_TCTI"
+        SR_TCTI_NOW=$SR_TCTI
     elif [ -e /dev/tpmrm0 ]; then
-        echo device:/dev/tpmrm0
+        SR_TCTI_NOW=device:/dev/tpmrm0
     else
-        echo device:/dev/tpm0
+        SR_TCTI_NOW=device:/dev/tpm0
     fi
+}
+
+# Whole seconds since boot in SR_NOW, without a process (the wait loops ask ten times a
+# second).
+sr_now() {
+    read -r SR_NOW _ </proc/uptime
+    SR_NOW=${SR_NOW%%.*}
 }
 
 # dm-crypt and the cipher of LUKS2's default (aes-xts-plain64), loaded in the background
@@ -96,8 +105,9 @@ sr_run() {
     verb=$1
     shift
     # `command`: no shell function can stand in for env.
+    sr_tcti
     command env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SEALROOT_LOG="$SR_LOG" \
-        "$SR_BIN" --kmsg "$verb" --tcti "$(sr_tcti)" "$@"
+        "$SR_BIN" --kmsg "$verb" --tcti "$SR_TCTI_NOW" "$@"
 }
 
 # Extends the fence once. When a TPM exists but the fence cannot be extended, the boot stops
