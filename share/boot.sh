@@ -95,6 +95,8 @@ sr_now() {
 # cannot use (aesni_intel without AES-NI) fails quietly; the kernel still loads what it
 # needs on its own.
 sr_preload_modules() {
+    # systemd initrds load them from their start (sealroot-modules.service).
+    [ ! -d /run/systemd/system ] || return 0
     command -v modprobe >/dev/null 2>&1 || return 0
     modprobe -q -a dm_crypt aesni_intel xts </dev/null >/dev/null 2>&1 &
 }

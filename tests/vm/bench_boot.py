@@ -38,7 +38,8 @@ BENCH_CMDLINE = ("ro console=ttyS0 panic=-1 init=/sbin/bench-init systemd.log_ta
 VARIANTS = {
     "sealroot": "",
     # In the initrd systemd-debug-generator takes only the rd. form.
-    "systemd-cryptsetup": " rd.systemd.mask=sealroot.service",
+    # (sealroot-modules.service too, when its initrd has it: sealroot's early module load.)
+    "systemd-cryptsetup": " rd.systemd.mask=sealroot.service rd.systemd.mask=sealroot-modules.service",
 }
 
 KMSG = re.compile(r"^E2E-KMSG \[\s*([0-9.]+)\] (.*)$", re.M)

@@ -105,9 +105,9 @@ sr_unlock --askpass /sbin/sealroot-askpass -- "$@"
 # unit, which would only start to say "already active": its drop-in skips the unit when
 # the mapping is marked here. A volume sealroot did not open is not marked: its unit runs
 # and prompts as usual.
-mkdir -p /run/sealroot/opened
+# (Flat names in /run: no mkdir to fork.)
 while [ $# -ge 2 ]; do
-    [ -e "/dev/mapper/$2" ] && : >"/run/sealroot/opened/$2"
+    [ -e "/dev/mapper/$2" ] && : >"/run/sealroot-opened-$2"
     shift 2
 done
 exit 0
