@@ -50,9 +50,5 @@ cp "$TSS" "$root_tar.tmp"
 tar -C "$extra" -rf "$root_tar.tmp" ./sbin/bench-init ./etc/dracut.conf.d/bench.conf
 mv "$root_tar.tmp" "$root_tar"
 SEALROOT_E2E_CACHE=$BENCH_CACHE "$REPO/tests/vm/build-guest.sh" "$OUT" dracut
-# Both variants' initrd carries the token plugin and libtss2, or the comparison is void.
-listing=$(lsinitrd "$OUT/initrd-systemd.img" 2>/dev/null | awk '{print $NF}' || true)
-if [ -n "$listing" ] && ! grep -q 'libcryptsetup-token-systemd-tpm2.so' <<<"$listing"; then
-    echo "bench-guest: the initrd has no systemd-tpm2 token plugin" >&2
-    exit 1
-fi
+# A plugin or library missing from the initrd shows at the first systemd-cryptsetup boot: it
+# prompts for the passphrase, which fails the benchmark.
