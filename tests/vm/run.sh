@@ -40,7 +40,7 @@ else
     rm -rf "$WORK"
 fi
 mkdir -p "$WORK"
-echo "e2e: installing $(basename "$deb") into the guests; cases: $(echo $cases)" >&2
+echo "e2e: installing $(basename "$deb") into the guests; cases: $(tr '\n' ' ' <<<"$cases")" >&2
 
 # The guest a case boots: one per release and initrd generator, built once (under a lock:
 # two lanes may want it at the same time).
@@ -72,17 +72,20 @@ run_case() { # case
 # Lanes take the next case from a shared queue (a counter under a lock); each line of a
 # case's output is prefixed with its name. A case's failure is kept in its status file.
 queue=$WORK/queue
+# shellcheck disable=SC2086 # one case per word
 printf '%s\n' $cases >"$queue"
 echo 0 >"$queue.next"
 lane() {
     local i c
     while true; do
         i=$(
-            flock 9
-            n=$(cat "$queue.next")
-            echo $((n + 1)) >"$queue.next"
-            echo "$n"
-        ) 9>"$queue.lock"
+            {
+                flock 9
+                n=$(cat "$queue.next")
+                echo $((n + 1)) >"$queue.next"
+                echo "$n"
+            } 9>"$queue.lock"
+        )
         c=$(sed -n "$((i + 1))p" "$queue")
         [ -n "$c" ] || return 0
         local status=$WORK/${c%%/*}-${c#*/}.status
