@@ -1731,15 +1731,18 @@ fn reencryption_survives_random_kills() {
     drive(&ReencryptScenario::new());
 }
 
-/// Killed right after the last hotzone (here the only one), before libcryptsetup's final
-/// header update: the data is all under the new key but the header still says re-encryption
-/// is in progress, with one data segment, which libcryptsetup 2.6 takes for a pass that has
-/// not started. Resuming it re-encrypted the data a second time, destroying it, and reported
-/// success; it is refused now, and the data stays intact under the new key.
-#[test]
-fn a_finished_but_uncommitted_reencryption_is_not_run_again_over_the_data() {
+/// The finishing window (README): a data pass killed right after its last hotzone (here
+/// the only one), before libcryptsetup's last header update, with `destroyed` of the old
+/// key's keyslots already gone — libcryptsetup destroys them one header write at a time
+/// before that update, as `cryptsetup luksKillSlot` does here. The data is all under the
+/// new key, but the header says re-encryption is in progress with one data segment, which
+/// libcryptsetup 2.6 takes for a pass not started (resuming it re-encrypted the data a
+/// second time); once the old keyslots are all gone, it opens the volume with no key.
+/// Returns the instance as the kill left it.
+fn finishing_window(destroyed: usize) -> (ProvisionScenario, Instance) {
     let template = ProvisionScenario::new();
     let b = Base::new(&template.image, None);
+    let plaintext = plaintext_hash(&b.image, PASSPHRASE.as_bytes(), b.dir.path()).expect("data");
     let img = p(&b.image);
     let r = b.run(&[
         "provision",
@@ -1750,9 +1753,10 @@ fn a_finished_but_uncommitted_reencryption_is_not_run_again_over_the_data() {
         &template.recipient,
     ]);
     assert_eq!(r.code, 0, "{}", r.stderr);
+    let provisioning = provisioning_key(&metadata(&b.image));
     let r = b.run(&["first-boot", &img, "--tcti", &b.tpm.tcti()]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    // One 3 MiB hotzone: the first progress report comes after the last hotzone.
+    // One 32 MiB hotzone covers the image: the first progress report comes after it.
     let r = common::run_with_env(
         &["finish-provisioning", &img],
         b"",
@@ -1761,18 +1765,118 @@ fn a_finished_but_uncommitted_reencryption_is_not_run_again_over_the_data() {
     assert_eq!(r.code, -1, "not killed: {}", r.stderr);
     let md = metadata(&b.image);
     assert!(reencrypting(&md), "{md}");
-    let before = common::file_hash(&b.image);
-    let r = b.run(&["finish-provisioning", &img]);
-    assert_ne!(r.code, 0, "resumed: {}", r.stderr);
-    assert!(r.stderr.contains("not resumed"), "{}", r.stderr);
+    let old = old_key_keyslots(&md);
     assert_eq!(
-        common::file_hash(&b.image),
-        before,
-        "the data was written again"
+        old.len(),
+        2,
+        "the builder's and the provisioning keyslot: {md}"
     );
-    // Nothing is lost: the provisioning key still opens it (the old key's keyslots had not
-    // been reached), and the data was not touched.
-    assert!(b.opens(None, provisioning_key(&md).unwrap().1.as_bytes()));
+    for slot in old.iter().take(destroyed) {
+        common::checked(Command::new("cryptsetup").args([
+            "luksKillSlot",
+            "-q",
+            &img,
+            &slot.to_string(),
+        ]));
+    }
+    let md = metadata(&b.image);
+    assert!(reencrypting(&md), "{md}");
+    assert_eq!(old_key_keyslots(&md).len(), 2 - destroyed, "{md}");
+    let i = Instance {
+        b,
+        identity: template.identity.clone(),
+        provisioning,
+        plaintext: Some(plaintext),
+        slot0: None,
+    };
+    (template, i)
+}
+
+/// The keyslots of the digest of the `backup-previous` segment (the old key).
+fn old_key_keyslots(md: &Value) -> Vec<u32> {
+    let Some((previous, _)) = md["segments"].as_object().and_then(|s| {
+        s.iter().find(|(_, s)| {
+            s["flags"]
+                .as_array()
+                .is_some_and(|f| f.iter().any(|f| f == "backup-previous"))
+        })
+    }) else {
+        return Vec::new();
+    };
+    md["digests"]
+        .as_object()
+        .and_then(|d| {
+            d.values().find(|d| {
+                d["segments"]
+                    .as_array()
+                    .is_some_and(|s| s.iter().any(|s| s == previous.as_str()))
+            })
+        })
+        .map(token_slots)
+        .unwrap_or_default()
+}
+
+fn window_finished_by(destroyed: usize, next_boot: bool) {
+    let (_template, mut i) = finishing_window(destroyed);
+    if next_boot {
+        i.b.tpm.reset();
+        if let Err(e) = i.first_boot() {
+            panic!("{e}");
+        }
+    }
+    if let Err(e) = i.finish() {
+        panic!("{e}");
+    }
+    let wrong = i.provisioned();
+    assert!(wrong.is_empty(), "{wrong:?}");
+}
+
+#[test]
+fn the_finishing_window_is_finished_by_the_next_finish_provisioning() {
+    window_finished_by(0, false);
+}
+
+#[test]
+fn the_finishing_window_with_one_old_keyslot_gone_is_finished() {
+    window_finished_by(1, false);
+}
+
+#[test]
+fn the_finishing_window_with_all_old_keyslots_gone_is_finished_by_the_next_boot() {
+    window_finished_by(2, true);
+}
+
+/// sealroot's own last header update is one write of the whole header (both copies, then
+/// the keyslot areas, in that order); a kill stops it after any prefix. Each prefix, put on
+/// the window's image, is finished by the next run.
+#[test]
+fn a_kill_during_the_last_header_update_is_finished_by_the_next_run() {
+    let (_template, i) = finishing_window(2);
+    let window = std::fs::read(&i.b.image).expect("read image");
+    let r = common::run_with_env(
+        &["finish-provisioning", &p(&i.b.image)],
+        b"",
+        &[("SEALROOT_CRASH_AT", "reencrypt-committed")],
+    );
+    assert_eq!(r.code, -1, "not killed: {}", r.stderr);
+    let committed = std::fs::read(&i.b.image).expect("read image");
+    assert!(!reencrypting(&metadata(&i.b.image)));
+    let hdr = metadata(&i.b.image)["config"]["json_size"]
+        .as_str()
+        .and_then(|s| s.parse::<usize>().ok())
+        .expect("json_size")
+        + 4096;
+    let mut i = i;
+    for prefix in [hdr / 2, hdr, hdr + hdr / 2, 2 * hdr + (1 << 20)] {
+        let mut torn = window.clone();
+        torn[..prefix].copy_from_slice(&committed[..prefix]);
+        std::fs::write(&i.b.image, &torn).expect("write image");
+        if let Err(e) = i.finish() {
+            panic!("prefix {prefix}: {e}");
+        }
+        let wrong = i.provisioned();
+        assert!(wrong.is_empty(), "prefix {prefix}: {wrong:?}");
+    }
 }
 
 /// Debugging aid: `CRASH_IMG=… CRASH_KEY=… cargo test --test crash -- --ignored plaintext_of`.
