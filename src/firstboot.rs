@@ -186,6 +186,17 @@ pub fn finish_provisioning(vol: &mut Volume, active: Option<&str>) -> Result<boo
     Ok(true)
 }
 
+/// For paths that open a volume without provisioning it (`recover`): a data pass cut off
+/// in libcryptsetup's finishing window is finished in the header first (see
+/// `commit_finished_data_pass`), or libcryptsetup would refuse to activate it.
+pub fn finish_cut_off_data_pass(vol: &mut Volume) -> Result<()> {
+    let Some((id, mut t)) = find(vol)? else {
+        return Ok(());
+    };
+    let pass = t.passphrase();
+    Provisioning { vol, id, pass }.commit_finished_data_pass(&mut t)
+}
+
 struct Provisioning<'v> {
     vol: &'v mut Volume,
     id: u32,
