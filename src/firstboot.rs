@@ -428,8 +428,8 @@ impl Provisioning<'_> {
                 "{}: finished the re-encryption cut off before its last header update",
                 self.vol.path().display()
             ));
+            crash_point("reencrypt-committed");
         }
-        crash_point("reencrypt-committed");
         if self.reencryption_finished(t)? {
             self.done(t, Step::Reencrypted)?;
         }

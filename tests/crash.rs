@@ -1936,12 +1936,13 @@ fn recover_finishes_the_finishing_window_first() {
     assert!(i.b.opens(None, key.as_bytes()));
 }
 
-/// sealroot's own last header update is one write of the whole header (both copies, then
-/// the keyslot areas, in that order); a kill stops it after any prefix. Each prefix, put on
-/// the window's image, is finished by the next run.
+/// sealroot's own last header update is two header restores, each one write of both
+/// header copies and the keyslot areas: the first changes only the secondary copy, the
+/// second the primary and the wiped areas. A kill stops a write after any prefix; each
+/// such state, put on the window's image, is finished by the next run.
 #[test]
 fn a_kill_during_the_last_header_update_is_finished_by_the_next_run() {
-    let (_template, i) = finishing_window(2);
+    let (_template, mut i) = finishing_window(2);
     let window = std::fs::read(&i.b.image).expect("read image");
     let r = common::run_with_env(
         &["finish-provisioning", &p(&i.b.image)],
@@ -1956,16 +1957,24 @@ fn a_kill_during_the_last_header_update_is_finished_by_the_next_run() {
         .and_then(|s| s.parse::<usize>().ok())
         .expect("json_size")
         + 4096;
-    let mut i = i;
-    for prefix in [hdr / 2, hdr, hdr + hdr / 2, 2 * hdr + (1 << 20)] {
+    // (from, to) byte ranges written.
+    let states: [&[(usize, usize)]; 4] = [
+        &[(hdr, hdr + hdr / 2)],
+        &[(hdr, 2 * hdr)],
+        &[(hdr, 2 * hdr), (0, hdr / 2)],
+        &[(0, 2 * hdr + (1 << 20))],
+    ];
+    for written in states {
         let mut torn = window.clone();
-        torn[..prefix].copy_from_slice(&committed[..prefix]);
+        for &(from, to) in written {
+            torn[from..to].copy_from_slice(&committed[from..to]);
+        }
         std::fs::write(&i.b.image, &torn).expect("write image");
         if let Err(e) = i.finish() {
-            panic!("prefix {prefix}: {e}");
+            panic!("{written:?} written: {e}");
         }
         let wrong = i.provisioned();
-        assert!(wrong.is_empty(), "prefix {prefix}: {wrong:?}");
+        assert!(wrong.is_empty(), "{written:?} written: {wrong:?}");
     }
 }
 

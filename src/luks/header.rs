@@ -3,6 +3,8 @@
 //! write its API does not offer (finishing a re-encryption cut off in its last commit).
 //! libcryptsetup validates the result when it restores it; nothing here writes a device.
 
+use std::ops::Range;
+
 use sha2::{Digest, Sha256};
 
 /// The binary part of each header copy; the JSON area follows it.
@@ -78,8 +80,9 @@ pub fn json(image: &[u8]) -> Result<&[u8], String> {
 /// Rewrites both header copies of a header backup with `json` as their metadata, one
 /// sequence id above the newest copy (so that libcryptsetup takes them over any copy
 /// left on the device), and zeroes each `wipe` range (byte offset, length: keyslot areas
-/// of keyslots `json` drops, as libcryptsetup wipes a destroyed keyslot's area).
-pub fn rewrite(image: &mut [u8], json: &[u8], wipe: &[(u64, u64)]) -> Result<(), String> {
+/// of keyslots `json` drops, as libcryptsetup wipes a destroyed keyslot's area). Returns
+/// the byte range of the copy that was not the newest intact one: the one to write first.
+pub fn rewrite(image: &mut [u8], json: &[u8], wipe: &[(u64, u64)]) -> Result<Range<usize>, String> {
     let (at, size, seqid) = newest(image).ok_or("no intact LUKS2 header copy")?;
     if json.len() >= size - BINARY_SIZE || json.contains(&0) {
         return Err("the new metadata does not fit the JSON area".into());
@@ -110,7 +113,7 @@ pub fn rewrite(image: &mut [u8], json: &[u8], wipe: &[(u64, u64)]) -> Result<(),
             .ok_or("a keyslot area lies outside the keyslots area")?;
         image[range].fill(0);
     }
-    Ok(())
+    Ok(if at == 0 { size..2 * size } else { 0..size })
 }
 
 #[cfg(test)]
@@ -139,7 +142,8 @@ mod tests {
     #[test]
     fn rewrites_both_copies_with_a_higher_seqid() {
         let mut img = image(7);
-        rewrite(&mut img, br#"{"a":1}"#, &[(0x8000, 16)]).expect("rewrite");
+        let first = rewrite(&mut img, br#"{"a":1}"#, &[(0x8000, 16)]).expect("rewrite");
+        assert_eq!(first, 0x4000..0x8000);
         assert_eq!(intact(&img, 0, MAGIC_PRIMARY), Some((0x4000, 8)));
         assert_eq!(intact(&img, 0x4000, MAGIC_SECONDARY), Some((0x4000, 8)));
         assert_eq!(json(&img).expect("json"), br#"{"a":1}"#);
@@ -152,7 +156,7 @@ mod tests {
         let mut img = image(3);
         img[BINARY_SIZE + 1] = b'x';
         assert_eq!(newest(&img), Some((0x4000, 0x4000, 3)));
-        rewrite(&mut img, b"{}", &[]).expect("rewrite");
+        assert_eq!(rewrite(&mut img, b"{}", &[]), Ok(0..0x4000));
         assert_eq!(newest(&img), Some((0, 0x4000, 4)));
     }
 

@@ -114,9 +114,10 @@ impl Volume {
     /// segments, the reencrypt keyslot and the requirement flag. A run cut off in between
     /// (kill -9, power cut) leaves a header libcryptsetup takes for a pass not yet started,
     /// and once the old keyslots are gone, one it no longer opens. Here that last update is
-    /// made as one header write (a restored header backup, which libcryptsetup validates):
-    /// a kill before it leaves the header as it was, and one during it leaves one intact
-    /// copy, old or new. `ours`: a keyslot of the new key, proven by the caller, that must
+    /// made by sealroot (a restored header backup, which libcryptsetup validates), one
+    /// header copy at a time as libcryptsetup writes them: a kill or power cut before it
+    /// leaves the header as it was, and one during it at least one intact copy, old or
+    /// new. `ours`: a keyslot of the new key, proven by the caller, that must
     /// be bound to the data. Returns false (and writes nothing) unless the header is in
     /// that state.
     pub fn commit_finished_reencryption(&mut self, ours: u32) -> Result<bool, LuksError> {
@@ -144,14 +145,20 @@ impl Volume {
         let plan = finished_uncommitted(&on_disk, ours)
             .ok_or_else(|| fail("the header changed while it was read".into()))?;
         let json = serde_json::to_vec(&plan.json).map_err(|e| fail(e.to_string()))?;
-        header::rewrite(&mut image, &json, &plan.wipe).map_err(&fail)?;
-        let done = dir.0.join("header.done");
-        std::fs::write(&done, &image).map_err(|e| fail(e.to_string()))?;
-        let r = self
-            .dev
-            .backup_handle()
-            .header_restore(Some(EncryptionFormat::Luks2), &done);
-        r.map_err(|e| self.op_err("write the finished header", e))?;
+        let mut step = image.clone();
+        let first = header::rewrite(&mut image, &json, &plan.wipe).map_err(&fail)?;
+        step[first.clone()].copy_from_slice(&image[first]);
+        // A restore is one write and one sync of everything: twice, so that each changes
+        // one header copy (and the second the wiped areas) while the other stays intact.
+        for (name, bytes) in [("header.first", &step), ("header.done", &image)] {
+            let file = dir.0.join(name);
+            std::fs::write(&file, bytes).map_err(|e| fail(e.to_string()))?;
+            let r = self
+                .dev
+                .backup_handle()
+                .header_restore(Some(EncryptionFormat::Luks2), &file);
+            r.map_err(|e| self.op_err("write the finished header", e))?;
+        }
         if self.reencryption()? != Reencryption::None {
             return Err(fail("libcryptsetup still reads a re-encryption".into()));
         }
