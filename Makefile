@@ -5,7 +5,7 @@ CARGO ?= cargo
 
 STATIC_BIN := target/static/sealroot
 
-.PHONY: all build release static check-static test fuzz crash-test e2e demo demo-host bench doc install-files install deb clean
+.PHONY: all build release static check-static test fuzz crash-test e2e demo demo-host bench bench-boot doc install-files install deb clean
 
 all: build
 
@@ -129,6 +129,12 @@ demo-host: release
 bench: static
 	./scripts/deps.sh bench
 	./scripts/bench.sh
+
+# Boot latency in the VM (not part of `make test`): sealroot against systemd-cryptsetup on
+# its own systemd-tpm2 token, same guest, same PCR 7 policy; BENCH_BOOTS boots each (6).
+bench-boot: static
+	./scripts/deps.sh e2e
+	./scripts/bench-boot.sh
 
 clean:
 	$(CARGO) clean

@@ -15,6 +15,7 @@ SR_SRK_HANDLE=0x81000001
 SR_SRK_NAME=""
 SR_TCTI=""
 SR_FENCED=""
+SR_LOG=warn
 
 sr_say() {
     echo "sealroot: $*" >/dev/console 2>/dev/null || echo "sealroot: $*"
@@ -57,16 +58,47 @@ sr_config() {
     done <"$SR_CONF"
 }
 
+# `sealroot.debug` on the kernel command line: sealroot's debug log, in the kernel log with
+# the boot's timestamps (`make bench-boot` splits the unlock with it). A fixed filter, never
+# the command line's text; the debug log shows no secrets. libcryptsetup's own trace stays
+# off: it would slow the step it measures.
+sr_debug_flag() {
+    read -r sr_cmdline 2>/dev/null </proc/cmdline
+    case " ${sr_cmdline:-} " in
+    *" sealroot.debug "*) SR_LOG=debug,libcryptsetup=info ;;
+    esac
+}
+
 sr_tpm_present() { [ -n "$SR_TCTI" ] || [ -e /dev/tpmrm0 ] || [ -e /dev/tpm0 ]; }
 
+# The TCTI in SR_TCTI_NOW (a variable, not $(...): in an early initrd every fork costs).
 sr_tcti() {
     if [ -n "$SR_TCTI" ]; then
-        echo "$SR_TCTI"
+        SR_TCTI_NOW=$SR_TCTI
     elif [ -e /dev/tpmrm0 ]; then
-        echo device:/dev/tpmrm0
+        SR_TCTI_NOW=device:/dev/tpmrm0
     else
-        echo device:/dev/tpm0
+        SR_TCTI_NOW=device:/dev/tpm0
     fi
+}
+
+# Whole seconds since boot in SR_NOW, without a process (the wait loops ask ten times a
+# second).
+sr_now() {
+    read -r SR_NOW _ </proc/uptime
+    SR_NOW=${SR_NOW%%.*}
+}
+
+# dm-crypt and the cipher of LUKS2's default (aes-xts-plain64), loaded in the background
+# while the script waits for the disk and the TPM: otherwise the first table load waits
+# for them as the kernel looks the cipher up, module by module. A module this machine
+# cannot use (aesni_intel without AES-NI) fails quietly; the kernel still loads what it
+# needs on its own.
+sr_preload_modules() {
+    # systemd initrds load them from their start (sealroot-modules.service).
+    [ ! -d /run/systemd/system ] || return 0
+    command -v modprobe >/dev/null 2>&1 || return 0
+    modprobe -q -a dm_crypt aesni_intel xts </dev/null >/dev/null 2>&1 &
 }
 
 # sealroot with a clean environment (no SEALROOT_TCTI, TSS2_LOG, … from the kernel command
@@ -75,7 +107,9 @@ sr_run() {
     verb=$1
     shift
     # `command`: no shell function can stand in for env.
-    command env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin "$SR_BIN" --kmsg "$verb" --tcti "$(sr_tcti)" "$@"
+    sr_tcti
+    command env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin SEALROOT_LOG="$SR_LOG" \
+        "$SR_BIN" --kmsg "$verb" --tcti "$SR_TCTI_NOW" "$@"
 }
 
 # Extends the fence once. When a TPM exists but the fence cannot be extended, the boot stops
@@ -116,6 +150,7 @@ sr_unlock() {
 }
 
 sr_config
+sr_debug_flag
 # Every way out of the sourcing script fences, normal or not.
 trap 'sr_fence' EXIT
 trap 'sr_fence; exit 1' INT TERM HUP

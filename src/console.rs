@@ -9,6 +9,7 @@ static KMSG: AtomicBool = AtomicBool::new(false);
 /// Kernel log levels (include/linux/kern_levels.h).
 const KERN_ERR: u8 = 3;
 const KERN_NOTICE: u8 = 5;
+const KERN_DEBUG: u8 = 7;
 
 pub fn enable_kmsg() {
     KMSG.store(true, Ordering::Relaxed);
@@ -47,6 +48,14 @@ pub fn progress(line: &str) {
         let line = escape(line);
         eprintln!("sealroot: {line}");
         to_kmsg(KERN_NOTICE, &line);
+    }
+}
+
+/// An info or debug record (`SEALROOT_LOG`) in the kernel log too, with --kmsg: at
+/// KERN_DEBUG, below the console's level, so the console shows what it did before.
+pub fn log_record(level: log::Level, line: &str) {
+    if kmsg_enabled() && level >= log::Level::Info {
+        to_kmsg(KERN_DEBUG, &escape(line));
     }
 }
 

@@ -61,8 +61,19 @@ fn init_logging() {
     // (an empty SRK handle, a PCR mismatch); sealroot reports what matters itself.
     let env = env_logger::Env::new().filter_or("SEALROOT_LOG", "warn");
     env_logger::Builder::from_env(env)
-        .format_timestamp_micros()
-        .format_target(false)
+        .format(|buf, record| {
+            use std::io::Write;
+            // In the initrd (--kmsg) the record also goes to the kernel log, where it
+            // carries the boot's clock: the boot benchmark splits the unlock with it.
+            console::log_record(record.level(), &record.args().to_string());
+            writeln!(
+                buf,
+                "[{} {}] {}",
+                buf.timestamp_micros(),
+                record.level(),
+                record.args()
+            )
+        })
         .init();
 }
 

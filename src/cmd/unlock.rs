@@ -46,6 +46,7 @@ pub struct UnlockReport {
 }
 
 pub fn run(o: &UnlockOptions) -> UnlockReport {
+    log::debug!("unlock: {} volume(s)", o.targets.len());
     let mut tpm = LazyTpm::new(o.tcti.as_deref());
     let mut pin_cache: Option<Secret> = None;
     let mut measurements = Vec::new();
@@ -91,6 +92,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
     let mut fence_error = None;
     if let (false, Some(pcr)) = (o.no_fence, o.trust.fence_pcr) {
         let event = fence::event(&measurements);
+        log::debug!("extending the fence");
         let mut r = tpm.get().and_then(|ctx| ctx.pcr_event(pcr, &event));
         if r.is_err() {
             // Once more on a fresh context: a connection lost mid-unlock leaves the old one
@@ -224,6 +226,8 @@ fn unlock_with_plan(
     let expected = &a.trust.parent;
     // `unseal` checks the parent before it sends anything under it; a PIN token has it
     // checked before the PIN is asked for, too.
+    a.tpm.get()?;
+    log::debug!("TPM context open");
     let unsealed = if plan.pin.is_none() {
         a.tpm.get()?.unseal(&plan.request(None, expected))
     } else {

@@ -5,3 +5,6 @@ pub mod reencrypt;
 pub mod volume;
 
 pub use volume::{LuksError, Volume};
+
+#[cfg(feature = "static")]
+mod json_seed;

@@ -54,6 +54,30 @@ install() {
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/sealroot.service" "$systemdsystemunitdir/sealroot.service"
         $SYSTEMCTL -q --root "$initdir" enable sealroot.service
+        # dm-crypt and AES-XTS from the start of the initrd, in parallel with it: loaded
+        # when the disk appears (under TCG, aesni_intel's self-tests take a second), and
+        # off sealroot's path. Nothing waits for it; a module this machine cannot use
+        # (aesni_intel without AES-NI) is no failure.
+        cat >"$initdir$systemdsystemunitdir/sealroot-modules.service" <<'UNIT'
+[Unit]
+Description=Load dm-crypt and AES-XTS early (sealroot)
+DefaultDependencies=no
+ConditionPathExists=/etc/initrd-release
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=-/sbin/modprobe -q -a dm_crypt xts aesni_intel
+
+[Install]
+WantedBy=cryptsetup.target
+UNIT
+        $SYSTEMCTL -q --root "$initdir" enable sealroot-modules.service
+        # systemd-cryptsetup@ units skip the mappings sealroot opened (sealroot-unlock marks
+        # them; a condition-skipped unit still satisfies what waits on it).
+        mkdir -p "$initdir$systemdsystemunitdir/systemd-cryptsetup@.service.d"
+        printf '%s\n' '[Unit]' 'ConditionPathExists=!/run/sealroot-opened-%I' \
+            >"$initdir$systemdsystemunitdir/systemd-cryptsetup@.service.d/sealroot.conf"
     else
         inst_hook pre-trigger 90 "$moddir/sealroot-queue.sh"
         inst_multiple env

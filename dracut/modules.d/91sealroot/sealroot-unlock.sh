@@ -31,7 +31,8 @@ add() { # name source
     list="$list $key=$1"
 }
 
-for arg in $(cat /proc/cmdline); do
+read -r cmdline </proc/cmdline
+for arg in $cmdline; do
     case "$arg" in
     sealroot=off | rd.luks=0) exit 0 ;;
     sealroot.timeout=*) TIMEOUT=$(sr_uint "${arg#sealroot.timeout=}" 10 300) ;;
@@ -57,23 +58,32 @@ if [ -s "$VOLUMES" ]; then
 fi
 [ -n "$list" ] || exit 0
 
+# The device path in $sr_dev (no $(...): the wait loop asks ten times a second, and each fork
+# costs in an early initrd).
 resolve() {
     case "$1" in
-    /*) echo "$1" ;;
-    PARTUUID=*) echo "/dev/disk/by-partuuid/${1#PARTUUID=}" ;;
-    LABEL=*) echo "/dev/disk/by-label/${1#LABEL=}" ;;
-    *) echo "/dev/disk/by-uuid/$1" ;;
+    /*) sr_dev=$1 ;;
+    PARTUUID=*) sr_dev=/dev/disk/by-partuuid/${1#PARTUUID=} ;;
+    LABEL=*) sr_dev=/dev/disk/by-label/${1#LABEL=} ;;
+    *) sr_dev=/dev/disk/by-uuid/$1 ;;
     esac
 }
-uptime_s() { cut -d. -f1 /proc/uptime; }
 disks_present() {
-    for v in $list; do [ -e "$(resolve "${v%=*}")" ] || return 1; done
+    for v in $list; do
+        resolve "${v%=*}"
+        [ -e "$sr_dev" ] || return 1
+    done
 }
-sr_say "starting ($(echo $list | wc -w) volume(s))"
-deadline=$(($(uptime_s) + TIMEOUT))
-until disks_present || [ "$(uptime_s)" -ge "$deadline" ]; do sleep 0.1; done
-deadline=$(($(uptime_s) + TPM_TIMEOUT))
-until sr_tpm_present || [ "$(uptime_s)" -ge "$deadline" ]; do sleep 0.1; done
+n=0
+for v in $list; do n=$((n + 1)); done
+sr_say "starting ($n volume(s))"
+sr_preload_modules
+sr_now
+deadline=$((SR_NOW + TIMEOUT))
+until disks_present || { sr_now && [ "$SR_NOW" -ge "$deadline" ]; }; do sleep 0.1; done
+sr_now
+deadline=$((SR_NOW + TPM_TIMEOUT))
+until sr_tpm_present || { sr_now && [ "$SR_NOW" -ge "$deadline" ]; }; do sleep 0.1; done
 if sr_tpm_present; then
     sr_say "devices ready, unlocking"
 else
@@ -85,9 +95,19 @@ set --
 for v in $list; do
     name=${v##*=}
     [ -e "/dev/mapper/$name" ] && continue
-    set -- "$@" "$(resolve "${v%=*}")" "$name"
+    resolve "${v%=*}"
+    set -- "$@" "$sr_dev" "$name"
 done
 [ $# -gt 0 ] || exit 0
-mkdir -p /run/cryptsetup
+[ -d /run/cryptsetup ] || mkdir -p /run/cryptsetup
 sr_unlock --askpass /sbin/sealroot-askpass -- "$@"
+# The fence holds now (sr_unlock). A mapping this run opened needs no systemd-cryptsetup@
+# unit, which would only start to say "already active": its drop-in skips the unit when
+# the mapping is marked here. A volume sealroot did not open is not marked: its unit runs
+# and prompts as usual.
+# (Flat names in /run: no mkdir to fork.)
+while [ $# -ge 2 ]; do
+    [ -e "/dev/mapper/$2" ] && : >"/run/sealroot-opened-$2"
+    shift 2
+done
 exit 0
