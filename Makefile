@@ -49,8 +49,9 @@ crash-test:
 	./scripts/deps.sh build test
 	SEALROOT_CRASH_TRIALS=1000 $(CARGO) test --test crash -- --nocapture --test-threads=2
 
-# Boots a Debian 12 guest with a sealed LUKS2 root under QEMU + OVMF + swtpm (tests/vm).
-e2e: static
+# Boots Debian 12 and 13 guests with a sealed LUKS2 root under QEMU + OVMF + swtpm
+# (tests/vm), sealroot installed in them from the package `make deb` built.
+e2e: static deb
 	./scripts/deps.sh e2e
 	./tests/vm/run.sh
 
@@ -116,9 +117,9 @@ deb:
 	lintian --fail-on error,warning --info target/deb/sealroot_*_amd64.deb
 
 # The VM demo: a guest whose sealed root unlocks itself, then the fallbacks.
-demo: static
+demo: static deb
 	./scripts/deps.sh e2e
-	E2E_SHOW=1 ./tests/vm/run.sh
+	E2E_SHOW=1 ./tests/vm/run.sh bookworm/initramfs-tools
 
 # A quick tour of the commands on an image file and a swtpm (no VM).
 demo-host: release

@@ -63,11 +63,14 @@ pub fn run(
     mut t: ProvisionToken,
 ) -> Result<Option<Secret>> {
     let pass = t.passphrase();
-    let opens = vol.volume_key(None, pass.expose()).is_ok();
+    let mut p = Provisioning { vol, id, pass };
+    // Before anything reads the keyslots: in that window the image's may be going.
+    p.commit_finished_data_pass(&mut t)?;
+    let opens = p.vol.volume_key(None, p.pass.expose()).is_ok();
     if !opens && !t.is_done(Step::Sealed) {
         console::error(&format!(
             "{}: ignoring provision token {id}: its key opens no keyslot",
-            vol.path().display()
+            p.vol.path().display()
         ));
         return Ok(None);
     }
@@ -81,7 +84,6 @@ pub fn run(
             t.fence_pcr
         )));
     }
-    let mut p = Provisioning { vol, id, pass };
     if !opens {
         // Stopped while the image's keyslots were going: the sealed key is the way in.
         let vk = p.sealed_volume_key(fb)?;
@@ -170,6 +172,7 @@ pub fn finish_provisioning(vol: &mut Volume, active: Option<&str>) -> Result<boo
     }
     let pass = t.passphrase();
     let mut p = Provisioning { vol, id, pass };
+    p.commit_finished_data_pass(&mut t)?;
     if t.reencrypt && !t.is_done(Step::Reencrypted) {
         p.start_reencryption(&mut t)?;
         p.data_pass(&mut t, active)?;
@@ -181,6 +184,17 @@ pub fn finish_provisioning(vol: &mut Volume, active: Option<&str>) -> Result<boo
         p.vol.path().display()
     ));
     Ok(true)
+}
+
+/// For paths that open a volume without provisioning it (`recover`): a data pass cut off
+/// in libcryptsetup's finishing window is finished in the header first (see
+/// `commit_finished_data_pass`), or libcryptsetup would refuse to activate it.
+pub fn finish_cut_off_data_pass(vol: &mut Volume) -> Result<()> {
+    let Some((id, mut t)) = find(vol)? else {
+        return Ok(());
+    };
+    let pass = t.passphrase();
+    Provisioning { vol, id, pass }.commit_finished_data_pass(&mut t)
 }
 
 struct Provisioning<'v> {
@@ -388,6 +402,38 @@ impl Provisioning<'_> {
         Ok(t.is_done(Step::ReencryptStarted)
             && self.vol.reencryption()? == Reencryption::None
             && self.vol.slot_state(new)? == SlotState::Bound)
+    }
+
+    /// Step 4c: a data pass cut off after its last hotzone, before libcryptsetup's last
+    /// header update (it destroys the image's keyslots one by one first: once they are
+    /// gone, libcryptsetup opens the volume with no key), is finished in the header — only
+    /// when the header proves the data is all under the new key and the provisioning key
+    /// opens that key's keyslot. Then (or after an uninterrupted pass whose record was cut
+    /// off) the step is recorded.
+    fn commit_finished_data_pass(&mut self, t: &mut ProvisionToken) -> Result<()> {
+        if !t.reencrypt || t.is_done(Step::Reencrypted) || !t.is_done(Step::ReencryptStarted) {
+            return Ok(());
+        }
+        let Some(new) = t.new_keyslot else {
+            return Ok(());
+        };
+        // A token whose key does not open the new key's keyslot is not this volume's.
+        if self.vol.volume_key(Some(new), self.pass.expose()).is_err() {
+            return Ok(());
+        }
+        if self.vol.reencryption()? != Reencryption::None
+            && self.vol.commit_finished_reencryption(new)?
+        {
+            console::progress(&format!(
+                "{}: finished the re-encryption cut off before its last header update",
+                self.vol.path().display()
+            ));
+            crash_point("reencrypt-committed");
+        }
+        if self.reencryption_finished(t)? {
+            self.done(t, Step::Reencrypted)?;
+        }
+        Ok(())
     }
 
     /// Step 4b: the data to the new key; online when `active` names the mapping.

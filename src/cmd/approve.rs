@@ -3,7 +3,6 @@
 //! key is — the admin's or builder's machine, never the initrd.
 
 use std::path::PathBuf;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
 
@@ -81,13 +80,8 @@ pub fn run(o: &ApproveOptions) -> Result<Vec<(u32, String)>> {
             "several tokens trust this key: choose one with --token for --out".into(),
         ));
     }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
     let mut done = Vec::new();
     for (id, policy_ref, counter) in targets {
-        // Newer approvals are tried first: the serial only grows, whatever the clock says.
         let latest = header
             .iter()
             .filter(|t| approval_for(&t.json, &policy_ref))
@@ -99,7 +93,7 @@ pub fn run(o: &ApproveOptions) -> Result<Vec<(u32, String)>> {
             &policy_ref,
             bank,
             &sets,
-            now.max(latest + 1),
+            approval::next_serial(latest),
             counter.as_ref(),
         )
         .map_err(Error::Usage)?;

@@ -383,12 +383,16 @@ fn first_approval(
 ) -> Result<serde_json::Value> {
     let key = local_key::signing_key(scalar).map_err(Error::Other)?;
     let set: Vec<(u32, Vec<u8>)> = values.iter().map(|(i, v)| (*i, v.clone())).collect();
-    let serial = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(1);
-    let signed =
-        approval::sign_with(&key, policy_ref, bank, &[set], serial, None).map_err(Error::Other)?;
+    // The first approval of a new token: nothing to be newer than.
+    let signed = approval::sign_with(
+        &key,
+        policy_ref,
+        bank,
+        &[set],
+        approval::next_serial(0),
+        None,
+    )
+    .map_err(Error::Other)?;
     serde_json::to_value(&signed).map_err(|e| Error::Other(e.to_string()))
 }
 

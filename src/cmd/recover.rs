@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::error::{Error, Result};
+use crate::firstboot;
 use crate::input;
 use crate::luks::{LuksError, Volume};
 use crate::recovery;
@@ -22,6 +23,13 @@ pub struct RecoverOptions {
 /// Returns the keyslot that opened.
 pub fn run(o: &RecoverOptions) -> Result<u32> {
     let mut vol = Volume::open(&o.device)?;
+    // Recovery must not depend on a provision token (attacker input, like any): a bad one
+    // is reported and the key is tried anyway.
+    if !o.test
+        && let Err(e) = firstboot::finish_cut_off_data_pass(&mut vol)
+    {
+        crate::console::error(&format!("{}: {e}", o.device.display()));
+    }
     let tries = if o.key_file.is_some() { 1 } else { TRIES };
     let mut last = None;
     for attempt in 0..tries {

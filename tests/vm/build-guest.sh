@@ -1,17 +1,20 @@
 #!/bin/bash
-# Builds the VM test guest into OUT: a Debian 12 root with sealroot installed by
-# `make install DESTDIR=`, /etc/crypttab and /etc/fstab for an encrypted root, initrds made
-# inside that root (as an image builder would: update-initramfs, or dracut with and without
-# its systemd module), and the root file system encrypted in place as a LUKS2 disk image.
-# Usage: build-guest.sh OUT [initramfs-tools|dracut]
+# Builds the VM test guest into OUT: a Debian 12 or 13 root, /etc/crypttab and /etc/fstab
+# for an encrypted root, sealroot installed from its Debian package with apt (as a user
+# would), initrds made inside that root (as an image builder would: the package's
+# update-initramfs trigger, or dracut with and without its systemd module), and the root
+# file system encrypted in place as a LUKS2 disk image.
+# Usage: build-guest.sh OUT [initramfs-tools|dracut] [bookworm|trixie] DEB
 # Outputs: disk.img vmlinuz kver boot/ (the root's /boot) passphrase uuid, and initrd.img (initramfs-tools) or
 # initrd-systemd.img + initrd-nosystemd.img (dracut).
 set -euo pipefail
 
 OUT=$(realpath -m "$1")
 FLAVOUR=${2:-initramfs-tools}
+RELEASE=${3:-bookworm}
+DEB=$(realpath "${4:?the sealroot .deb (make deb)}")
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
-BASE=$("$REPO/tests/vm/guest-base.sh" "$FLAVOUR")
+BASE=$("$REPO/tests/vm/guest-base.sh" "$FLAVOUR" "$RELEASE")
 ROOT=$OUT/root
 
 cleanup() {
@@ -25,8 +28,6 @@ trap cleanup EXIT
 rm -rf "$OUT"
 mkdir -p "$ROOT"
 tar -C "$ROOT" -xf "$BASE"
-
-make -C "$REPO" --no-print-directory install DESTDIR="$ROOT" PREFIX=/usr >&2
 
 UUID=$(cat /proc/sys/kernel/random/uuid)
 printf 'e2e passphrase' >"$OUT/passphrase"
@@ -50,16 +51,26 @@ require_sealroot() { # listing
     fi
 }
 
+# As a user would: apt installs the package file; its maintainer scripts enable the units,
+# and its update-initramfs trigger rebuilds the initrd with sealroot in it.
+install_deb() {
+    cp "$DEB" "$ROOT/tmp/"
+    chroot "$ROOT" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+        "/tmp/$(basename "$DEB")" >"$OUT/apt.log" 2>&1 || {
+        cat "$OUT/apt.log" >&2
+        exit 1
+    }
+    rm -f "$ROOT/tmp/$(basename "$DEB")"
+}
+
 case "$FLAVOUR" in
 initramfs-tools)
-    # TCG's CPU has no AES-NI: the generic AES module must be in the initrd.
+    # The generic AES module too, for guests whose CPU has no AES-NI.
     printf '%s\n' virtio_pci virtio_blk dm_mod dm_crypt xts ecb aes_generic \
         >>"$ROOT/etc/initramfs-tools/modules"
     echo "COMPRESS=gzip" >"$ROOT/etc/initramfs-tools/conf.d/e2e"
-    chroot "$ROOT" update-initramfs -c -k "$KVER" >"$OUT/initrd.log" 2>&1 || {
-        cat "$OUT/initrd.log" >&2
-        exit 1
-    }
+    # The initrd the guest boots is the one the package's trigger made.
+    install_deb
     require_sealroot "$(chroot "$ROOT" lsinitramfs "/boot/initrd.img-$KVER")"
     cp "$ROOT/boot/initrd.img-$KVER" "$OUT/initrd.img"
     echo "root=/dev/mapper/root" >"$OUT/cmdline"
@@ -74,6 +85,7 @@ add_drivers+=" virtio_pci virtio_blk dm_mod dm_crypt xts ecb aes_generic "
 omit_dracutmodules+=" plymouth lvm mdraid multipath nfs iscsi nbd fcoe fcoe-uefi btrfs resume network network-legacy "
 compress="gzip"
 CONF
+    install_deb
     chroot "$ROOT" dracut --force --kver "$KVER" /boot/initrd-systemd.img >"$OUT/initrd.log" 2>&1 || {
         cat "$OUT/initrd.log" >&2
         exit 1
