@@ -58,13 +58,17 @@ sr_config() {
     done <"$SR_CONF"
 }
 
+# The kernel command line, read once for the library and the scripts (SR_CMDLINE): attacker
+# input unless the policy binds it, only ever matched against fixed patterns.
+SR_CMDLINE=""
+read -r SR_CMDLINE 2>/dev/null </proc/cmdline
+
 # `sealroot.debug` on the kernel command line: sealroot's debug log, in the kernel log with
 # the boot's timestamps (`make bench-boot` splits the unlock with it). A fixed filter, never
 # the command line's text; the debug log shows no secrets. libcryptsetup's own trace stays
 # off: it would slow the step it measures.
 sr_debug_flag() {
-    read -r sr_cmdline 2>/dev/null </proc/cmdline
-    case " ${sr_cmdline:-} " in
+    case " $SR_CMDLINE " in
     *" sealroot.debug "*) SR_LOG=debug,libcryptsetup=info ;;
     esac
 }

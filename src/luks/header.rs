@@ -90,8 +90,12 @@ pub fn rewrite(image: &mut [u8], json: &[u8], wipe: &[(u64, u64)]) -> Result<Ran
     if image.len() < 2 * size {
         return Err("the header backup is shorter than its two header copies".into());
     }
+    // The sequence id is the header's (attacker input): at its maximum there is no newer.
+    let next = seqid
+        .checked_add(1)
+        .ok_or("the header's sequence id is at its maximum")?;
     let mut template = image[at..at + BINARY_SIZE].to_vec();
-    template[OFF_SEQID..OFF_SEQID + 8].copy_from_slice(&(seqid + 1).to_be_bytes());
+    template[OFF_SEQID..OFF_SEQID + 8].copy_from_slice(&next.to_be_bytes());
     for (offset, magic) in [(0, MAGIC_PRIMARY), (size, MAGIC_SECONDARY)] {
         let copy = &mut image[offset..offset + size];
         copy[..BINARY_SIZE].copy_from_slice(&template);

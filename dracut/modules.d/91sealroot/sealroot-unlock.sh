@@ -31,8 +31,7 @@ add() { # name source
     list="$list $key=$1"
 }
 
-read -r cmdline </proc/cmdline
-for arg in $cmdline; do
+for arg in $SR_CMDLINE; do
     case "$arg" in
     sealroot=off | rd.luks=0) exit 0 ;;
     sealroot.timeout=*) TIMEOUT=$(sr_uint "${arg#sealroot.timeout=}" 10 300) ;;
@@ -107,7 +106,11 @@ sr_unlock --askpass /sbin/sealroot-askpass -- "$@"
 # and prompts as usual.
 # (Flat names in /run: no mkdir to fork.)
 while [ $# -ge 2 ]; do
-    [ -e "/dev/mapper/$2" ] && : >"/run/sealroot-opened-$2"
+    # A name from the command line with a slash would make the marker a path elsewhere.
+    case "$2" in
+    */* | '') ;;
+    *) [ -e "/dev/mapper/$2" ] && : >"/run/sealroot-opened-$2" ;;
+    esac
     shift 2
 done
 exit 0
