@@ -9,7 +9,7 @@ for group in "$@"; do
     case "$group" in
         build) pkgs="$pkgs build-essential pkg-config libclang-dev libtss2-dev libcryptsetup-dev" ;;
         static) pkgs="$pkgs debootstrap file binutils" ;;
-        test)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin tpm2-tools clevis clevis-luks clevis-tpm2 systemd openssl busybox-static strace age debootstrap pesign systemd-boot-efi" ;;
+        test)  pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin e2fsprogs tpm2-tools clevis clevis-luks clevis-tpm2 systemd openssl busybox-static strace age debootstrap pesign systemd-boot-efi" ;;
         e2e)   pkgs="$pkgs swtpm swtpm-tools cryptsetup-bin debootstrap qemu-system-x86 ovmf python3-pexpect python3-cryptography age e2fsprogs" ;;
         deb)   pkgs="$pkgs debhelper dpkg-dev lintian" ;;
         fuzz)  pkgs="$pkgs g++" ;;

@@ -23,7 +23,7 @@ SUITE=bookworm
 # Everything the library build uses beyond debootstrap's minbase. Nothing else is there.
 BUILD_PACKAGES="build-essential autoconf automake libtool libltdl-dev autoconf-archive
 autopoint gettext pkg-config patch xz-utils bzip2 libmbedtls-dev libgpg-error-dev
-libjson-c-dev uuid-dev libpopt-dev"
+libjson-c-dev uuid-dev libpopt-dev libblkid-dev"
 
 # Debian source packages: tpm2-tss from trixie (bookworm's source is gone from the mirror).
 SOURCES="tpm2-tss/trixie cryptsetup/bookworm lvm2/bookworm libgcrypt20/bookworm"
@@ -115,7 +115,7 @@ mv "$chroot_dir$PREFIX" "$PREFIX"
         basename "$dsc" .dsc | sed 's/_/ (= /; s/$/)/'
     done
     chroot "$chroot_dir" dpkg-query -W -f '${source:Package} (= ${source:Version})\n' \
-        libjson-c-dev uuid-dev libmbedtls-dev libgpg-error-dev
+        libjson-c-dev uuid-dev libmbedtls-dev libgpg-error-dev libblkid-dev
 } | sort -u | paste -sd, | sed 's/,/, /g' >"$PREFIX/built-using"
 touch "$PREFIX/.complete"
 echo "$PREFIX"

@@ -25,8 +25,10 @@
 #   libgcrypt 1.10.1 (bookworm) with AES and the SHA family only: Debian's archive links
 #     every cipher in, which alone made the binary 1.3 MB larger.
 #   lvm2 2.03.16 (bookworm): only libdevmapper, without udev synchronisation.
-#   json-c, libuuid, mbedTLS, libgpg-error: Debian's own static archives, copied from the
-#     root into PREFIX, so the link on the host needs none of their -dev packages.
+#   json-c, libuuid, mbedTLS, libgpg-error, libblkid: Debian's own static archives, copied
+#     from the root into PREFIX, so the link on the host needs none of their -dev packages.
+#     (libblkid is sealroot's own: `unlock --wait` probes disks as udev does; cryptsetup is
+#     still built without it.)
 set -euo pipefail
 
 PREFIX=$1
@@ -100,10 +102,10 @@ export PKG_CONFIG_PATH="$PREFIX/lib/pkgconfig"
 export ACLOCAL_PATH="$PREFIX/share/aclocal"
 
 # --- Debian's static archives
-for pkg in libjson-c-dev uuid-dev libmbedtls-dev libgpg-error-dev; do
+for pkg in libjson-c-dev uuid-dev libmbedtls-dev libgpg-error-dev libblkid-dev; do
     import_dev_package "$pkg"
 done
-log "json-c, libuuid, mbedTLS, libgpg-error copied"
+log "json-c, libuuid, mbedTLS, libgpg-error, libblkid copied"
 
 # --- libdevmapper
 unpack lvm2

@@ -75,22 +75,16 @@ sr_debug_flag() {
 
 sr_tpm_present() { [ -n "$SR_TCTI" ] || [ -e /dev/tpmrm0 ] || [ -e /dev/tpm0 ]; }
 
-# The TCTI in SR_TCTI_NOW (a variable, not $(...): in an early initrd every fork costs).
+# The TCTI in SR_TCTI_NOW (a variable, not $(...): in an early initrd every fork costs). No
+# TPM device yet: the resource manager's, which `sealroot unlock --wait` waits for.
 sr_tcti() {
     if [ -n "$SR_TCTI" ]; then
         SR_TCTI_NOW=$SR_TCTI
-    elif [ -e /dev/tpmrm0 ]; then
+    elif [ -e /dev/tpmrm0 ] || [ ! -e /dev/tpm0 ]; then
         SR_TCTI_NOW=device:/dev/tpmrm0
     else
         SR_TCTI_NOW=device:/dev/tpm0
     fi
-}
-
-# Whole seconds since boot in SR_NOW, without a process (the wait loops ask ten times a
-# second).
-sr_now() {
-    read -r SR_NOW _ </proc/uptime
-    SR_NOW=${SR_NOW%%.*}
 }
 
 # dm-crypt and the cipher of LUKS2's default (aes-xts-plain64), loaded in the background
@@ -135,8 +129,11 @@ sr_fence() {
     while :; do sleep 3600; done
 }
 
-# sr_unlock [--askpass PROG] -- DEVICE NAME...: unlocks, then makes sure the fence holds
-# (sealroot extends it itself; after a crash or a usage error it has not).
+# sr_unlock [--wait SECS --tpm-wait SECS] [--askpass PROG] -- VOLUME NAME...: waits for the
+# volumes (crypttab's UUID=, PARTUUID=, LABEL=, PARTLABEL= or a path) and the TPM, unlocks,
+# then makes sure the fence holds (sealroot extends it itself; after a crash or a usage
+# error it has not). sealroot waits itself: its start and the TPM's opening overlap the
+# wait, and it finds a UUID on the kernel's disk nodes before udev has linked them.
 sr_unlock() {
     set -- --fence-pcr "$SR_FENCE_PCR" --srk-handle "$SR_SRK_HANDLE" "$@"
     if [ -n "$SR_SRK_NAME" ]; then

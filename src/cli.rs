@@ -110,8 +110,18 @@ pub enum Command {
     /// Unseal and open volumes: DEVICE NAME [DEVICE NAME...], then extend the fence once.
     #[command(after_help = EXIT_CODES)]
     Unlock {
-        #[arg(value_name = "DEVICE NAME", num_args = 2.., required = true)]
+        /// A volume is a path, or as crypttab names it: UUID=, PARTUUID=, LABEL=,
+        /// PARTLABEL= (udev's /dev/disk links).
+        #[arg(value_name = "VOLUME NAME", num_args = 2.., required = true)]
         pairs: Vec<String>,
+        /// Wait up to SECS for the volumes to appear (the boot scripts), opening the TPM
+        /// meanwhile. A UUID= volume is also found on the kernel's own disk and partition
+        /// nodes, before udev links it, when exactly one device carries that UUID.
+        #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(0..=3600))]
+        wait: Option<u64>,
+        /// With --wait: then wait up to SECS for the TPM's device (`device:` TCTIs).
+        #[arg(long, value_name = "SECS", default_value_t = 3, requires = "wait", value_parser = clap::value_parser!(u64).range(0..=3600))]
+        tpm_wait: u64,
         /// Verify the key against the keyslot without activating (fences like a real unlock).
         #[arg(long)]
         test: bool,

@@ -9,8 +9,10 @@ pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SEALROO
 
 pub mod approval;
 pub mod authenticode;
+pub mod blkid;
 pub mod cmd;
 pub mod console;
+pub mod devices;
 pub mod error;
 pub mod escrow;
 pub mod eventlog;

@@ -1,6 +1,5 @@
 mod cli;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -11,6 +10,7 @@ use sealroot::cmd::{
     recover, remove, revoke, srk_public, status, unlock, update_approvals,
 };
 use sealroot::console;
+use sealroot::devices::Source;
 use sealroot::error::{Error, exit};
 use sealroot::luks::volume::quiet_library_log;
 
@@ -136,6 +136,8 @@ fn run(command: Command) -> u8 {
         }
         Command::Unlock {
             pairs,
+            wait,
+            tpm_wait,
             test,
             pin_file,
             askpass,
@@ -156,10 +158,14 @@ fn run(command: Command) -> u8 {
             }
             let targets = pairs
                 .chunks(2)
-                .map(|p| (PathBuf::from(&p[0]), p[1].clone()))
+                .map(|p| (Source::parse(&p[0]), p[1].clone()))
                 .collect();
             let r = unlock::run(&unlock::UnlockOptions {
                 targets,
+                wait: wait.map(|secs| unlock::DeviceWait {
+                    volumes: std::time::Duration::from_secs(secs),
+                    tpm: std::time::Duration::from_secs(tpm_wait),
+                }),
                 test,
                 tcti: tcti.tcti,
                 pin_file,
@@ -187,7 +193,8 @@ fn run(command: Command) -> u8 {
             tcti,
         } => {
             let r = unlock::run(&unlock::UnlockOptions {
-                targets: vec![(device, "first-boot".into())],
+                targets: vec![(Source::Path(device), "first-boot".into())],
+                wait: None,
                 test: true,
                 tcti: tcti.tcti,
                 pin_file: None,

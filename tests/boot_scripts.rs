@@ -46,7 +46,6 @@ fn make_root(f: &Fixture, bin: &Path, volumes: &str) -> Root {
     std::fs::write(root.join("scripts/functions"), "").unwrap();
     std::fs::copy(&f.image, root.join("disk.img")).unwrap();
     std::fs::write(root.join("etc/sealroot/volumes"), volumes).unwrap();
-    std::fs::write(root.join("proc/uptime"), "100.00 100.00\n").unwrap();
     common::make_dev_nodes(&root);
     // The hook's way: `sealroot initrd-config` from the host's configuration.
     let host_conf = f.write(
@@ -189,45 +188,6 @@ fn a_timeout_with_leading_zeros_does_not_stop_the_unlock() {
     assert!(fenced(&f.tpm), "{out}");
 }
 
-/// Moves the root's fake /proc/uptime forward, `speed` seconds per real second, until
-/// dropped: the script's disk deadline is counted in uptime seconds.
-struct Clock {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Clock {
-    fn start(root: &Root, speed: f64) -> Clock {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let (flag, uptime) = (stop.clone(), root.dir.join("proc/uptime"));
-        let started = std::time::Instant::now();
-        let thread = std::thread::spawn(move || {
-            while !flag.load(Ordering::Relaxed) {
-                let now = 100.0 + started.elapsed().as_secs_f64() * speed;
-                // Replaced by rename: the script never reads a half-written file.
-                let tmp = uptime.with_extension("tmp");
-                std::fs::write(&tmp, format!("{now:.2} {now:.2}\n")).unwrap();
-                std::fs::rename(&tmp, &uptime).unwrap();
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-        });
-        Clock {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Clock {
-    fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The exit code the script reported for `sealroot unlock` (the console keeps its last
 /// write; the script's own lines also reach stdout when there is no console).
 fn unlock_exit(root: &Root, out: &str) -> Option<i32> {
@@ -241,7 +201,6 @@ fn unlock_exit(root: &Root, out: &str) -> Option<i32> {
 fn a_disk_that_appears_late_is_waited_for() {
     let Some((f, bin)) = setup() else { return };
     let root = make_root(&f, &bin, "root /late.img\n");
-    let _clock = Clock::start(&root, 1.0);
     // The disk shows up 2 s into the 10 s wait (as a slow controller's would).
     let (from, to) = (root.dir.join("disk.img"), root.dir.join("late.img"));
     let mover = std::thread::spawn(move || {
@@ -263,18 +222,32 @@ fn a_disk_that_appears_late_is_waited_for() {
 }
 
 #[test]
+fn a_disk_later_than_the_timeout_is_reported_missing() {
+    let Some((f, bin)) = setup() else { return };
+    let root = make_root(&f, &bin, "root /late.img\n");
+    let (from, to) = (root.dir.join("disk.img"), root.dir.join("late.img"));
+    let mover = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        std::fs::rename(from, to).unwrap();
+    });
+    let (_, out) = root.boot("quiet sealroot.timeout=1", &[]);
+    mover.join().unwrap();
+    assert_eq!(unlock_exit(&root, &out), Some(7), "{out}");
+    assert!(fenced(&f.tpm), "{out}");
+}
+
+#[test]
 fn a_disk_that_never_appears_ends_the_wait_at_the_timeout_and_fences() {
     let Some((f, bin)) = setup() else { return };
     let root = make_root(&f, &bin, "root /never.img\n");
-    // Ten uptime seconds per real second: the 10 s default passes in about one.
-    let _clock = Clock::start(&root, 10.0);
     let started = std::time::Instant::now();
-    let (code, out) = root.boot("quiet", &[]);
+    let (code, out) = root.boot("quiet sealroot.timeout=2", &[]);
     assert_eq!(code, 0, "the script never stops the boot: {out}");
     assert_eq!(unlock_exit(&root, &out), Some(7), "device missing: {out}");
+    let waited = started.elapsed().as_secs_f64();
     assert!(
-        started.elapsed().as_secs() < 20,
-        "the wait outlived its timeout: {out}"
+        (2.0..10.0).contains(&waited),
+        "waited {waited:.1} s for a 2 s timeout: {out}"
     );
     assert!(fenced(&f.tpm), "{out}");
 }

@@ -1,8 +1,10 @@
 //! `sealroot unlock`: unseal each volume's key with the TPM, open the volumes, then fence.
 
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use crate::console;
+use crate::devices::{self, Scan, Source};
 use crate::error::{Error, Result};
 use crate::firstboot::{self, FirstBoot};
 use crate::input;
@@ -13,13 +15,22 @@ use crate::tokens::{self, UnsealPlan};
 use crate::tpm::fence;
 use crate::tpm::{LazyTpm, Tpm, TpmError};
 use crate::trust::Trust;
+use crate::watchdog;
 
 /// PIN attempts on a terminal before giving up on a token.
 const PIN_TRIES: usize = 3;
 
+/// How long `unlock --wait` waits for the volumes, then for the TPM's device.
+pub struct DeviceWait {
+    pub volumes: Duration,
+    pub tpm: Duration,
+}
+
 pub struct UnlockOptions {
-    /// (device, mapping name) pairs.
-    pub targets: Vec<(PathBuf, String)>,
+    /// (volume, mapping name) pairs.
+    pub targets: Vec<(Source, String)>,
+    /// Wait for the volumes and the TPM (the boot scripts); else they must be there.
+    pub wait: Option<DeviceWait>,
     /// Verify the key against the keyslot without activating.
     pub test: bool,
     pub tcti: Option<String>,
@@ -51,8 +62,9 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
     let mut pin_cache: Option<Secret> = None;
     let mut measurements = Vec::new();
     let mut failures = Vec::new();
+    let devices = locate(o, &mut tpm);
 
-    for (device, name) in &o.targets {
+    for (device, (_, name)) in devices.iter().zip(&o.targets) {
         let mut ctx = Attempt {
             tpm: &mut tpm,
             pin_file: o.pin_file.as_ref(),
@@ -109,6 +121,41 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
         failures,
         fence_error,
     }
+}
+
+/// Where each volume is: at once, or (`--wait`) once it appeared, with the TPM opened while
+/// waiting. The wait is no TPM time: the watchdog is paused but for opening the TPM.
+fn locate(o: &UnlockOptions, tpm: &mut LazyTpm) -> Vec<PathBuf> {
+    let sources: Vec<Source> = o.targets.iter().map(|(s, _)| s.clone()).collect();
+    let Some(w) = &o.wait else {
+        return sources.iter().map(Source::path).collect();
+    };
+    let mut paused = Some(watchdog::pause());
+    let mut open_tpm = |tpm: &mut LazyTpm| {
+        if !tpm.is_open() {
+            paused.take();
+            tpm.prepare(&o.trust.parent);
+            paused = Some(watchdog::pause());
+        }
+    };
+    let volumes_by = Instant::now() + w.volumes;
+    let paths = devices::wait(&sources, &mut Scan::new(), volumes_by, || open_tpm(tpm));
+    let tpm_by = Instant::now() + w.tpm;
+    open_tpm(tpm);
+    while !tpm.is_open() && Instant::now() < tpm_by {
+        std::thread::sleep(Duration::from_millis(20));
+        open_tpm(tpm);
+    }
+    drop(paused);
+    match tpm.device() {
+        Some(node) if !node.exists() => console::progress(&format!(
+            "no TPM device after {} s ({} is missing)",
+            w.tpm.as_secs(),
+            node.display()
+        )),
+        _ => console::progress("devices ready, unlocking"),
+    }
+    paths
 }
 
 struct Attempt<'a> {

@@ -11,6 +11,7 @@ use tss_esapi_sys::{
 };
 
 use super::error::TpmError;
+use super::srk::ExpectedParent;
 
 pub const TCTI_ENV: &str = "SEALROOT_TCTI";
 
@@ -127,6 +128,42 @@ impl LazyTpm {
     /// although the TPM may answer a new one.
     pub fn reopen(&mut self) {
         self.tpm = None;
+    }
+
+    /// The device node the TCTI opens (`device:PATH`), if it is one.
+    pub fn device(&self) -> Option<&Path> {
+        self.tcti.strip_prefix("device:").map(Path::new)
+    }
+
+    /// Opens the context now if its device is there, and reads the expected storage key's
+    /// Name unless it was pinned, keeping no failure (the `get` that needs it tries again
+    /// and reports): the unlock does this while it waits for the disks.
+    pub fn prepare(&mut self, parent: &ExpectedParent) {
+        if self.tpm.is_some() || self.device().is_some_and(|d| !d.exists()) {
+            return;
+        }
+        match Tpm::open(&self.tcti) {
+            Ok(mut tpm) => {
+                match parent.name {
+                    Some(_) => {}
+                    None => match tpm.persistent_name(parent.handle) {
+                        Ok(_) | Err(TpmError::UntrustedParent { .. }) => {}
+                        // A context that failed a command may refuse the next: not kept.
+                        Err(e) => {
+                            log::debug!("reading the storage key early: {e}");
+                            return;
+                        }
+                    },
+                }
+                log::debug!("TPM opened early, while waiting for the volumes");
+                self.tpm = Some(Ok(tpm));
+            }
+            Err(e) => log::debug!("opening the TPM early: {e}"),
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        matches!(self.tpm, Some(Ok(_)))
     }
 
     pub fn get(&mut self) -> Result<&mut Tpm, TpmError> {

@@ -93,6 +93,8 @@ def measure(text, variant):
         rs, re_ = (first(evs, r"Starting " + CRYPTSETUP_UNIT),
                    first(evs, r"Finished " + CRYPTSETUP_UNIT))
         m["redundant_unit"] = span(rs, re_)
+        # Found on the kernel's node (the scan), or through udev's by-uuid link.
+        m["found_by_scan"] = first(evs, r"sealroot: /dev/vd[a-z]+\d*: opening") is not None
         m["redundant_skipped"] = first(evs, CRYPTSETUP_UNIT + r".*(skipped|[Cc]ondition)") \
             is not None
     # The first run pages the binary in: left out.
@@ -104,8 +106,12 @@ def measure(text, variant):
 
 # sealroot's step, marker to marker: its boot script's lines and its debug records.
 SPLIT = [
+    # sealroot starts and opens the TPM while the disk is on its way: not on the path.
+    ("script start -> sealroot running", r"sealroot: starting", r"sealroot: unlock: \d+ volume"),
     ("waiting for disk and TPM", r"sealroot: starting", r"sealroot: devices ready"),
-    ("process start", r"sealroot: devices ready", r"sealroot: unlock: \d+ volume"),
+    ("disk appears -> sealroot has it", r"virtio_blk virtio\d+: \[vda\]",
+     r"sealroot: devices ready"),
+    ("devices ready -> header read", r"sealroot: devices ready", r"sealroot: \S+: opening"),
     ("LUKS2 header load", r"sealroot: \S+: opening", r"sealroot: \S+: LUKS2 header loaded"),
     ("tokens parsed, TPM opened", r"LUKS2 header loaded", r"sealroot: TPM context open"),
     ("TPM: unseal", r"sealroot: TPM context open", r"sealroot: token unsealed"),
@@ -220,6 +226,9 @@ def report(results, loads, busy, elapsed):
     print(f"  systemd-cryptsetup@ after sealroot opened the mapping: "
           f"{'not run' if red is None else fmt(red)}; skipped by its condition in "
           f"{skipped} of {len(sr)} boots")
+    scanned = sum(1 for m in sr if m["found_by_scan"])
+    print(f"  the disk found on its kernel node before udev's link in {scanned} of {len(sr)} "
+          f"boots")
     crng = stats([m["crng_ready"] for m in sr + cs])
     print(f"  kernel CRNG ready at {'n/a' if crng is None else f'{crng[0]:.2f} s'} "
           f"(median uptime)")

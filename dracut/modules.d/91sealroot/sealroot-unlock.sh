@@ -57,49 +57,28 @@ if [ -s "$VOLUMES" ]; then
 fi
 [ -n "$list" ] || exit 0
 
-# The device path in $sr_dev (no $(...): the wait loop asks ten times a second, and each fork
-# costs in an early initrd).
-resolve() {
-    case "$1" in
-    /*) sr_dev=$1 ;;
-    PARTUUID=*) sr_dev=/dev/disk/by-partuuid/${1#PARTUUID=} ;;
-    LABEL=*) sr_dev=/dev/disk/by-label/${1#LABEL=} ;;
-    *) sr_dev=/dev/disk/by-uuid/$1 ;;
-    esac
-}
-disks_present() {
-    for v in $list; do
-        resolve "${v%=*}"
-        [ -e "$sr_dev" ] || return 1
-    done
-}
 n=0
 for v in $list; do n=$((n + 1)); done
 sr_say "starting ($n volume(s))"
 sr_preload_modules
-sr_now
-deadline=$((SR_NOW + TIMEOUT))
-until disks_present || { sr_now && [ "$SR_NOW" -ge "$deadline" ]; }; do sleep 0.1; done
-sr_now
-deadline=$((SR_NOW + TPM_TIMEOUT))
-until sr_tpm_present || { sr_now && [ "$SR_NOW" -ge "$deadline" ]; }; do sleep 0.1; done
-if sr_tpm_present; then
-    sr_say "devices ready, unlocking"
-else
-    sr_say "no TPM device after ${TPM_TIMEOUT}s"
-fi
 
+# Volumes as crypttab names them (a bare UUID from rd.luks.* as UUID=); sealroot waits for
+# them and the TPM.
 set --
 # Entries are SOURCE=NAME; a source may hold '=' itself (PARTUUID=…), a mapping name not.
 for v in $list; do
     name=${v##*=}
     [ -e "/dev/mapper/$name" ] && continue
-    resolve "${v%=*}"
-    set -- "$@" "$sr_dev" "$name"
+    source=${v%=*}
+    case "$source" in
+    /* | PARTUUID=* | LABEL=* | PARTLABEL=* | UUID=*) ;;
+    *) source=UUID=$source ;;
+    esac
+    set -- "$@" "$source" "$name"
 done
 [ $# -gt 0 ] || exit 0
 [ -d /run/cryptsetup ] || mkdir -p /run/cryptsetup
-sr_unlock --askpass /sbin/sealroot-askpass -- "$@"
+sr_unlock --wait "$TIMEOUT" --tpm-wait "$TPM_TIMEOUT" --askpass /sbin/sealroot-askpass -- "$@"
 # The fence holds now (sr_unlock). A mapping this run opened needs no systemd-cryptsetup@
 # unit, which would only start to say "already active": its drop-in skips the unit when
 # the mapping is marked here. A volume sealroot did not open is not marked: its unit runs
