@@ -132,7 +132,7 @@ bench: static
 
 # Boot latency in the VM (not part of `make test`): sealroot against systemd-cryptsetup on
 # its own systemd-tpm2 token, same guest, same PCR 7 policy; BENCH_BOOTS boots each (6).
-bench-boot: static
+bench-boot: static deb
 	./scripts/deps.sh e2e
 	./scripts/bench-boot.sh
 

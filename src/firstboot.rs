@@ -24,6 +24,7 @@ use crate::error::{Error, Result};
 use crate::escrow;
 use crate::luks::Volume;
 use crate::luks::reencrypt::{Reencryption, SlotState};
+use crate::luks::volume::TokenEntry;
 use crate::recovery;
 use crate::secret::Secret;
 use crate::tokens::provision::{self, ProvisionToken, Step};
@@ -35,7 +36,12 @@ use crate::trust::Trust;
 
 /// The provision token of a volume, if it has one: (token id, token).
 pub fn find(vol: &mut Volume) -> Result<Option<(u32, ProvisionToken)>> {
-    for entry in vol.tokens()? {
+    find_in(&vol.tokens()?)
+}
+
+/// The same, in tokens already read (the unlock reads the header's JSON once).
+pub fn find_in(tokens: &[TokenEntry]) -> Result<Option<(u32, ProvisionToken)>> {
+    for entry in tokens {
         if tokens::token_type(&entry.json) == provision::TOKEN_TYPE {
             let token =
                 ProvisionToken::from_json(entry.id, &entry.json).map_err(Error::NoUsableToken)?;

@@ -154,3 +154,115 @@ fn a_plain_filesystem_is_no_luks_device() {
         None
     );
 }
+
+/// `unlock --wait` against swtpm, with sealroot's debug log.
+fn unlock_waiting(f: &common::Fixture, extra: &[&str]) -> common::Run {
+    let tcti = f.tpm.tcti();
+    let mut args = vec![
+        "unlock",
+        f.image.to_str().unwrap(),
+        "root",
+        "--test",
+        "--wait",
+        "5",
+        "--tcti",
+        &tcti,
+    ];
+    args.extend_from_slice(extra);
+    common::run_with_env(&args, b"", &[("SEALROOT_LOG", "debug")])
+}
+
+#[test]
+fn the_wait_opens_the_tpm_and_the_unseal_takes_its_early_session() {
+    let f = common::Fixture::new();
+    f.enroll(&[]);
+    let r = unlock_waiting(&f, &[]);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for said in ["TPM opened early", "using the session started early"] {
+        assert!(r.stderr.contains(said), "no {said:?}: {}", r.stderr);
+    }
+}
+
+#[test]
+fn no_early_session_with_a_storage_key_other_than_the_pinned_one() {
+    let f = common::Fixture::new();
+    f.enroll(&[]);
+    // The initrd was built for another TPM's storage key.
+    let other = format!("000b{}", "ab".repeat(32));
+    let r = unlock_waiting(&f, &["--srk-name", &other]);
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(
+        !r.stderr.contains("using the session started early"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("this initrd was built for"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_tpm_device_that_never_appears_ends_its_wait() {
+    let f = common::Fixture::new();
+    f.enroll(&[]);
+    let started = Instant::now();
+    let r = common::run_with_env(
+        &[
+            "unlock",
+            f.image.to_str().unwrap(),
+            "root",
+            "--test",
+            "--no-fence",
+            "--wait",
+            "5",
+            "--tpm-wait",
+            "1",
+            "--tcti",
+            "device:/dev/sealroot-test-no-such-tpm",
+        ],
+        b"",
+        &[],
+    );
+    let waited = started.elapsed();
+    assert!(r.stderr.contains("no TPM device after 1 s"), "{}", r.stderr);
+    assert_eq!(r.code, 4, "TPM unavailable: {}", r.stderr);
+    assert!(
+        waited >= Duration::from_secs(1) && waited < Duration::from_secs(5),
+        "{waited:?}"
+    );
+}
+
+#[test]
+fn an_early_session_nobody_used_is_flushed() {
+    let f = common::Fixture::new();
+    // The storage key exists (enroll made it), but the volume has no token: the session
+    // started while waiting is never used.
+    let plain = common::make_image(f.dir.path(), "plain.img", &f.passfile);
+    f.enroll(&[]);
+    let tcti = f.tpm.tcti();
+    let r = common::run_with_env(
+        &[
+            "unlock",
+            plain.to_str().unwrap(),
+            "root",
+            "--test",
+            "--no-fence",
+            "--wait",
+            "5",
+            "--tcti",
+            &tcti,
+        ],
+        b"",
+        &[("SEALROOT_LOG", "debug")],
+    );
+    assert_eq!(r.code, 3, "no usable token: {}", r.stderr);
+    assert!(r.stderr.contains("TPM opened early"), "{}", r.stderr);
+    // swtpm has no resource manager: a session left behind would still be loaded.
+    let loaded = f.tpm.tools(&["tpm2_getcap", "handles-loaded-session"]);
+    assert!(
+        loaded.trim().is_empty(),
+        "sessions left in the TPM: {loaded}"
+    );
+}

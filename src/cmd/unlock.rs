@@ -148,7 +148,7 @@ fn locate(o: &UnlockOptions, tpm: &mut LazyTpm) -> Vec<PathBuf> {
     }
     drop(paused);
     match tpm.device() {
-        Some(node) if !node.exists() => console::progress(&format!(
+        Some(node) if !node.exists() => console::error(&format!(
             "no TPM device after {} s ({} is missing)",
             w.tpm.as_secs(),
             node.display()
@@ -182,8 +182,11 @@ fn unlock_volume(
     log::debug!("{}: LUKS2 header loaded", device.display());
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
+    // The header's JSON, read once (again only after a first-boot attempt).
+    let mut header = vol.tokens().map_err(|e| fail(e.into()))?;
+    log::debug!("{}: {} token(s) read", device.display(), header.len());
     // An image's first boot: provisioning opens the volume (and makes it this instance's).
-    match firstboot::find(&mut vol) {
+    match firstboot::find_in(&header) {
         Ok(Some(_)) if !a.provision => console::error(&format!(
             "{} awaits its first-boot provisioning, which --test does not do (`sealroot first-boot` does, offline)",
             device.display()
@@ -196,7 +199,7 @@ fn unlock_volume(
             };
             match firstboot::run(&mut fb, &mut vol, id, token) {
                 Ok(Some(volume_key)) => return Ok((uuid, volume_key)),
-                Ok(None) => {}
+                Ok(None) => header = vol.tokens().map_err(|e| fail(e.into()))?,
                 Err(e) => return Err(fail(e)),
             }
         }
@@ -205,7 +208,6 @@ fn unlock_volume(
     }
     // sealroot's own tokens first, then what systemd-cryptenroll and clevis enrolled, each
     // group in token order.
-    let header = vol.tokens().map_err(|e| fail(e.into()))?;
     let mut entries: Vec<_> = header
         .iter()
         .filter_map(|t| {

@@ -11,6 +11,7 @@ use tss_esapi_sys::{
 };
 
 use super::error::TpmError;
+use super::pcr::PcrBank;
 use super::srk::ExpectedParent;
 
 pub const TCTI_ENV: &str = "SEALROOT_TCTI";
@@ -38,6 +39,8 @@ pub struct Tpm {
     /// Names of persistent keys read from this TPM (handle, Name), so checking several
     /// tokens against the SRK costs one ReadPublic.
     pub(super) names: Vec<(u32, Vec<u8>)>,
+    /// A policy session started ahead of time (`prestart_policy_session`).
+    pub(super) spare: Option<super::session::SpareSession>,
 }
 
 impl Tpm {
@@ -80,6 +83,7 @@ impl Tpm {
             ctx,
             tcti: tcti_ctx,
             names: Vec::new(),
+            spare: None,
         })
     }
 
@@ -99,6 +103,10 @@ impl Tpm {
 
 impl Drop for Tpm {
     fn drop(&mut self) {
+        // A spare session nobody used would hold a slot of a TPM without a resource manager.
+        if let Some(spare) = self.spare.take() {
+            self.flush(spare.session);
+        }
         // SAFETY: both were allocated in `open` and are finalized exactly once.
         unsafe {
             Esys_Finalize(&mut self.ctx);
@@ -135,25 +143,22 @@ impl LazyTpm {
         self.tcti.strip_prefix("device:").map(Path::new)
     }
 
-    /// Opens the context now if its device is there, and reads the expected storage key's
-    /// Name unless it was pinned, keeping no failure (the `get` that needs it tries again
-    /// and reports): the unlock does this while it waits for the disks.
+    /// Opens the context now if its device is there and starts the policy session an unseal
+    /// under the expected storage key will use, keeping no failure (the `get` that needs it
+    /// tries again and reports): the unlock does this while it waits for the disks.
     pub fn prepare(&mut self, parent: &ExpectedParent) {
         if self.tpm.is_some() || self.device().is_some_and(|d| !d.exists()) {
             return;
         }
         match Tpm::open(&self.tcti) {
             Ok(mut tpm) => {
-                match parent.name {
-                    Some(_) => {}
-                    None => match tpm.persistent_name(parent.handle) {
-                        Ok(_) | Err(TpmError::UntrustedParent { .. }) => {}
-                        // A context that failed a command may refuse the next: not kept.
-                        Err(e) => {
-                            log::debug!("reading the storage key early: {e}");
-                            return;
-                        }
-                    },
+                match tpm.prestart_policy_session(parent, PcrBank::Sha256) {
+                    Ok(()) | Err(TpmError::UntrustedParent { .. }) => {}
+                    // A context that failed a command may refuse the next: not kept.
+                    Err(e) => {
+                        log::debug!("starting a session early: {e}");
+                        return;
+                    }
                 }
                 log::debug!("TPM opened early, while waiting for the volumes");
                 self.tpm = Some(Ok(tpm));

@@ -9,6 +9,7 @@ use tss_esapi_sys::{
 use super::context::Tpm;
 use super::error::{RcKind, TpmError, classify};
 use super::pcr::PcrBank;
+use super::srk::ExpectedParent;
 use super::wire::{check, generic};
 
 const TPM2_ALG_AES: u16 = 0x0006;
@@ -35,7 +36,81 @@ pub struct SessionUse {
     pub keep: bool,
 }
 
+/// The usage of an unseal's policy session: Unseal's response encrypted, and Unseal ends
+/// the session in the TPM.
+pub(super) const UNSEAL_SESSION: SessionUse = SessionUse {
+    encrypt_command: false,
+    encrypt_response: true,
+    keep: false,
+};
+
+/// A policy session for an unseal, started before the token is read: salted with the key
+/// whose Name is `parent_name`.
+pub(super) struct SpareSession {
+    parent_name: Vec<u8>,
+    hash: PcrBank,
+    pub(super) session: ESYS_TR,
+}
+
 impl Tpm {
+    /// Starts the policy session of the next unseal ahead of time (the unlock does it while
+    /// it waits for the disk): salted with the storage key at the expected handle, whose
+    /// Name must be the pinned one when there is one (ESAPI checked that the Name is that
+    /// of the public area the TPM returned, so equal Names mean the same key). The Name is
+    /// also remembered as `persistent_name`'s. An unseal takes the session only when its
+    /// own parent has that Name and its session hash is `hash`: then its own session would
+    /// be salted exactly so.
+    pub fn prestart_policy_session(
+        &mut self,
+        parent: &ExpectedParent,
+        hash: PcrBank,
+    ) -> Result<(), TpmError> {
+        if self.spare.is_some() {
+            return Ok(());
+        }
+        let Some(mut key) = self.persistent(parent.handle)? else {
+            return Err(TpmError::UntrustedParent {
+                detail: format!("this TPM has no key at 0x{:08x}", parent.handle),
+            });
+        };
+        let started = self.name(key).and_then(|name| {
+            if parent.name.as_ref().is_some_and(|pinned| *pinned != name) {
+                return Err(TpmError::UntrustedParent {
+                    detail: format!(
+                        "the key at 0x{:08x} is not the one this initrd was built for",
+                        parent.handle
+                    ),
+                });
+            }
+            let session = self.start_session(key, SessionKind::Policy, hash, UNSEAL_SESSION)?;
+            Ok((name, session))
+        });
+        self.close(&mut key);
+        let (name, session) = started?;
+        if !self.names.iter().any(|(h, _)| *h == parent.handle) {
+            self.names.push((parent.handle, name.clone()));
+        }
+        self.spare = Some(SpareSession {
+            parent_name: name,
+            hash,
+            session,
+        });
+        Ok(())
+    }
+
+    /// The spare session, if it was salted with `parent` and has this session hash.
+    pub(super) fn take_spare_session(&mut self, parent: ESYS_TR, hash: PcrBank) -> Option<ESYS_TR> {
+        if self.spare.as_ref()?.hash != hash {
+            return None;
+        }
+        let name = self.name(parent).ok()?;
+        if self.spare.as_ref()?.parent_name != name {
+            return None;
+        }
+        log::debug!("using the session started early");
+        self.spare.take().map(|s| s.session)
+    }
+
     /// StartAuthSession salted with `salt_key`, AES-128-CFB parameter encryption, session
     /// hash `hash`. The caller flushes it on failure (or closes it after a command ended it).
     pub(super) fn start_session(

@@ -14,7 +14,7 @@ use super::context::Tpm;
 use super::error::{RcKind, TpmError, classify};
 use super::pcr::PcrBank;
 use super::seal::SealedObject;
-use super::session::{SessionKind, SessionUse};
+use super::session::{SessionKind, UNSEAL_SESSION};
 use super::srk::ExpectedParent;
 use super::wire::{EsysBox, check, generic, parse_key_resource, tpm2b_auth};
 use crate::secret::Secret;
@@ -158,13 +158,15 @@ impl Tpm {
     ) -> Result<Secret, TpmError> {
         // Response encryption for Unseal; Unseal ends the session in the TPM, so no
         // FlushContext is needed.
-        let usage = SessionUse {
-            encrypt_command: false,
-            encrypt_response: true,
-            keep: false,
+        let mut session = match self.take_spare_session(parent, req.session_hash) {
+            Some(session) => session,
+            None => self.start_session(
+                parent,
+                SessionKind::Policy,
+                req.session_hash,
+                UNSEAL_SESSION,
+            )?,
         };
-        let mut session =
-            self.start_session(parent, SessionKind::Policy, req.session_hash, usage)?;
         let result = self
             .run_policy(session, req, key_index)
             .and_then(|_| self.unseal_with(session, object));

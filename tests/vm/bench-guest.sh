@@ -4,13 +4,15 @@
 # which libcryptsetup's systemd-tpm2 token plugin loads, both in the initrd, and the
 # benchmark's init (tests/vm/bench-init).
 # One initrd serves both variants: the harness masks sealroot.service for systemd-cryptsetup.
-# Usage: bench-guest.sh OUT. The extended root is cached next to the suite's (apt runs once).
+# Usage: bench-guest.sh OUT DEB (the sealroot package, `make deb`). The extended root is
+# cached next to the suite's (apt runs once).
 set -euo pipefail
 
 OUT=$(realpath -m "$1")
+DEB=$(realpath "${2:?the sealroot .deb (make deb)}")
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 CACHE=${SEALROOT_E2E_CACHE:-/var/cache/sealroot-e2e}
-BASE=$("$REPO/tests/vm/guest-base.sh" dracut)
+BASE=$("$REPO/tests/vm/guest-base.sh" dracut bookworm)
 # build-guest.sh takes its root from guest-base.sh, which looks in SEALROOT_E2E_CACHE under
 # the same name: the extended root goes there, in a cache of its own.
 BENCH_CACHE=$CACHE/bench
@@ -49,6 +51,6 @@ echo "install_items+=\" $lib/cryptsetup/libcryptsetup-token-systemd-tpm2.so $lib
 cp "$TSS" "$root_tar.tmp"
 tar -C "$extra" -rf "$root_tar.tmp" ./sbin/bench-init ./etc/dracut.conf.d/bench.conf
 mv "$root_tar.tmp" "$root_tar"
-SEALROOT_E2E_CACHE=$BENCH_CACHE "$REPO/tests/vm/build-guest.sh" "$OUT" dracut
+SEALROOT_E2E_CACHE=$BENCH_CACHE "$REPO/tests/vm/build-guest.sh" "$OUT" dracut bookworm "$DEB"
 # A plugin or library missing from the initrd shows at the first systemd-cryptsetup boot: it
 # prompts for the passphrase, which fails the benchmark.
