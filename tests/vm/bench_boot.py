@@ -86,6 +86,8 @@ def measure(text, variant):
     m["unlock"] = span(start, end)
     m["disk_to_mapping"] = span(disk, mapped)
     m["initrd"] = span(init, root)
+    # What the unlock's neighbours cost the rest of the initrd: how late the disk comes.
+    m["init_to_disk"] = span(init, disk)
     m["crng_ready"] = first(evs, r"random: crng init done")
     if variant == "sealroot":
         m["split"] = sealroot_split(evs)
@@ -208,7 +210,8 @@ def report(results, loads, busy, elapsed):
     ratios = {}
     for key, label in (("unlock", "(a) unlock step"),
                        ("disk_to_mapping", "(b) disk appears → mapping"),
-                       ("initrd", "(c) initrd phase (/init → root)")):
+                       ("initrd", "(c) initrd phase (/init → root)"),
+                       ("init_to_disk", "(d) /init → disk appears")):
         a, b = stats([m[key] for m in sr]), stats([m[key] for m in cs])
         ratio = a[0] / b[0] if a and b and b[0] else None
         ratios[key] = ratio

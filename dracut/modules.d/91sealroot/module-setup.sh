@@ -54,14 +54,17 @@ install() {
     if dracut_module_included "systemd"; then
         inst_simple "$moddir/sealroot.service" "$systemdsystemunitdir/sealroot.service"
         $SYSTEMCTL -q --root "$initdir" enable sealroot.service
-        # dm-crypt and AES-XTS from the start of the initrd, in parallel with it: loaded
-        # when the disk appears (under TCG, aesni_intel's self-tests take a second), and
-        # off sealroot's path. Nothing waits for it; a module this machine cannot use
-        # (aesni_intel without AES-NI) is no failure.
+        # dm-crypt and AES-XTS loaded once udevd runs, in parallel with its coldplug and
+        # the wait for the disk: loaded when the disk appears (under TCG, aesni_intel's
+        # self-tests take a second), and off sealroot's path. Not earlier: from the start
+        # of the initrd the load took the CPU from what starts udevd, and the disk came
+        # later. Nothing waits for it; a module this machine cannot use (aesni_intel
+        # without AES-NI) is no failure.
         cat >"$initdir$systemdsystemunitdir/sealroot-modules.service" <<'UNIT'
 [Unit]
 Description=Load dm-crypt and AES-XTS early (sealroot)
 DefaultDependencies=no
+After=systemd-udevd.service
 ConditionPathExists=/etc/initrd-release
 
 [Service]
