@@ -145,6 +145,7 @@ impl Scan {
             }
             let node = self.dev.join(&name);
             self.found.retain(|(_, p)| *p != node);
+            log::debug!("{}: probing", node.display());
             match blkid::probe(&node) {
                 Ok(Some(id)) if id.kind == "crypto_LUKS" => {
                     log::debug!("{}: a LUKS device, UUID {}", node.display(), id.uuid);

@@ -178,7 +178,11 @@ fn the_wait_opens_the_tpm_and_the_unseal_takes_its_early_session() {
     f.enroll(&[]);
     let r = unlock_waiting(&f, &[]);
     assert_eq!(r.code, 0, "{}", r.stderr);
-    for said in ["TPM opened early", "using the session started early"] {
+    for said in [
+        "TPM opened early",
+        "using the session started early",
+        "token unsealed (while the header loaded)",
+    ] {
         assert!(r.stderr.contains(said), "no {said:?}: {}", r.stderr);
     }
 }

@@ -327,12 +327,19 @@ fn snapshot(dir: &Path) -> BTreeMap<String, String> {
 }
 
 fn measure(pin: Option<&str>, fence: bool) {
+    measure_with(pin, fence, &[]);
+}
+
+fn measure_with(pin: Option<&str>, fence: bool, extra: &[&str]) {
     let started = Instant::now();
     let mut s = scenario(pin);
     if !fence {
         // tpm2-tss keeps the decrypted Unseal response in its buffer until the next command:
         // without the fence's PCR_Event after it, only sealroot's wipe removes it.
         s.args.insert(4, "--no-fence".into());
+    }
+    for (i, arg) in extra.iter().enumerate() {
+        s.args.insert(4 + i, (*arg).into());
     }
     let mut findings = Findings::new();
     let cwd = tempfile::tempdir_in(s.f.dir.path()).unwrap();
@@ -467,6 +474,13 @@ fn unlock_without_a_pin_leaves_no_secret_behind() {
 #[test]
 fn unlock_without_the_fence_leaves_no_secret_behind() {
     measure(None, false);
+}
+
+/// The boot's way (`--wait`): the session started while waiting, the unseal on a second
+/// thread while the header loads.
+#[test]
+fn unlock_at_boot_leaves_no_secret_behind() {
+    measure_with(None, true, &["--wait", "5"]);
 }
 
 #[test]

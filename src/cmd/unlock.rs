@@ -74,6 +74,7 @@ pub fn run(o: &UnlockOptions) -> UnlockReport {
             pin_cache: &mut pin_cache,
             trust: &o.trust,
             provision: o.provision,
+            early: o.wait.is_some(),
         };
         match unlock_volume(&mut ctx, device, name, o.test) {
             Ok((uuid, volume_key)) => {
@@ -167,6 +168,8 @@ struct Attempt<'a> {
     pin_cache: &'a mut Option<Secret>,
     trust: &'a Trust,
     provision: bool,
+    /// Unseal while libcryptsetup loads the header (boot, `--wait`).
+    early: bool,
 }
 
 type VolumeResult = std::result::Result<(String, Secret), (Option<String>, Error)>;
@@ -178,13 +181,28 @@ fn unlock_volume(
     test: bool,
 ) -> VolumeResult {
     log::debug!("{}: opening", device.display());
-    let mut vol = Volume::open(device).map_err(|e| (None, e.into()))?;
+    let (opened, early) = open_with_early_unseal(a, device);
+    let mut vol = opened.map_err(|e| (None, e.into()))?;
     log::debug!("{}: LUKS2 header loaded", device.display());
     let uuid = vol.uuid().map_err(|e| (None, e.into()))?;
     let fail = |e: Error| (Some(uuid.clone()), e);
     // The header's JSON, read once (again only after a first-boot attempt).
     let mut header = vol.tokens().map_err(|e| fail(e.into()))?;
     log::debug!("{}: {} token(s) read", device.display(), header.len());
+    if let Some((plan, json, secret)) = early {
+        // Used only if libcryptsetup read the very token the TPM unsealed.
+        if header.iter().any(|t| t.id == plan.id && t.json == json) {
+            match open_with_secret(&mut vol, &plan, secret, name, test) {
+                Ok(vk) => return Ok((uuid, vk)),
+                Err(e) => log::debug!("{}: {e}; trying every token", device.display()),
+            }
+        } else {
+            log::debug!(
+                "{}: the header changed under the early unseal; not used",
+                device.display()
+            );
+        }
+    }
     // An image's first boot: provisioning opens the volume (and makes it this instance's).
     match firstboot::find_in(&header) {
         Ok(Some(_)) if !a.provision => console::error(&format!(
@@ -263,6 +281,73 @@ fn unlock_volume(
     })))
 }
 
+/// What an early unseal gives: the plan, the token's JSON it came from, the secret.
+type Early = (UnsealPlan, serde_json::Value, Secret);
+
+/// libcryptsetup's header load, and (at boot, `--wait`) meanwhile on another thread the
+/// unseal of the first token as sealroot's own reading of the header names it: the TPM's
+/// commands overlap the load instead of following it. Only a token that needs nothing
+/// but the TPM (no PIN, no approvals, no first boot pending); anything else, or any
+/// failure, is left to the ordinary path, which tries every token as usual.
+fn open_with_early_unseal(
+    a: &mut Attempt<'_>,
+    device: &std::path::Path,
+) -> (std::result::Result<Volume, LuksError>, Option<Early>) {
+    let Some((plan, json)) = a.early.then(|| early_plan(a, device)).flatten() else {
+        return (Volume::open(device), None);
+    };
+    let expected = &a.trust.parent;
+    let Ok(tpm) = a.tpm.get() else {
+        return (Volume::open(device), None);
+    };
+    let request = plan.request(None, expected);
+    let (opened, unsealed) = std::thread::scope(|scope| {
+        let unseal = scope.spawn(|| tpm.unseal(&request));
+        let opened = Volume::open(device);
+        (opened, unseal.join())
+    });
+    let secret = match unsealed {
+        Ok(Ok(secret)) => {
+            log::debug!("token unsealed (while the header loaded)");
+            Some(secret)
+        }
+        Ok(Err(e)) => {
+            log::debug!("early unseal: {e}");
+            None
+        }
+        Err(_) => None,
+    };
+    (opened, secret.map(|secret| (plan, json, secret)))
+}
+
+/// The first token to try, from the header as sealroot reads it (newest intact copy),
+/// if it needs only the TPM.
+fn early_plan(
+    a: &Attempt<'_>,
+    device: &std::path::Path,
+) -> Option<(UnsealPlan, serde_json::Value)> {
+    let tokens = crate::luks::header::peek_tokens(device)?;
+    if firstboot::find_in(&tokens).ok()?.is_some() {
+        return None;
+    }
+    let (_, id, json) = tokens
+        .iter()
+        .filter(|t| tokens::plan(t.id, &t.json).is_some())
+        .map(|t| {
+            (
+                tokens::unlock_order(tokens::token_type(&t.json)),
+                t.id,
+                &t.json,
+            )
+        })
+        .min_by_key(|(order, id, _)| (*order, *id))?;
+    let mut plan = tokens::plan(id, json)?.ok()?;
+    plan.admit(a.trust).ok()?;
+    plan.load_signatures(a.signature);
+    plan.load_approvals(&tokens, a.approvals);
+    (plan.pin.is_none() && plan.approvals.is_none()).then(|| (plan, json.clone()))
+}
+
 /// Unseals as the plan says (asking for a PIN if it needs one), turns the bytes into the
 /// passphrase the way the token's tool does, opens the keyslot, activates.
 fn unlock_with_plan(
@@ -304,6 +389,18 @@ fn unlock_with_plan(
         other => other,
     })?;
     log::debug!("token unsealed");
+    open_with_secret(vol, plan, secret, name, test)
+}
+
+/// The rest of an unlock once the token's secret is unsealed: the passphrase the way the
+/// token's tool makes it, the keyslot, the activation, the local approval key.
+fn open_with_secret(
+    vol: &mut Volume,
+    plan: &UnsealPlan,
+    secret: Secret,
+    name: &str,
+    test: bool,
+) -> Result<Secret> {
     let passphrase = plan
         .passphrase(&secret)
         .map_err(|e| Error::NoUsableToken(e.to_string()))?;

@@ -1,7 +1,9 @@
-//! The LUKS2 on-disk header, byte for byte: only to replace the JSON metadata of a header
+//! The LUKS2 on-disk header, byte for byte: to replace the JSON metadata of a header
 //! backup (`crypt_header_backup`) before libcryptsetup restores it, for the one header
-//! write its API does not offer (finishing a re-encryption cut off in its last commit).
-//! libcryptsetup validates the result when it restores it; nothing here writes a device.
+//! write its API does not offer (finishing a re-encryption cut off in its last commit), and
+//! to read the tokens before libcryptsetup has loaded the header (the boot's early unseal).
+//! libcryptsetup validates a restored result, and its own reading of the tokens decides
+//! what an early unseal is used for; nothing here writes a device.
 
 use std::ops::Range;
 
@@ -36,8 +38,8 @@ fn checksum(copy: &[u8]) -> [u8; 32] {
     h.finalize().into()
 }
 
-/// The header copy at `offset` if it is intact: (header size, sequence id).
-fn intact(image: &[u8], offset: usize, magic: &[u8; 6]) -> Option<(usize, u64)> {
+/// The binary header at `offset` if its fields are sane: (header size, sequence id).
+fn intact_binary(image: &[u8], offset: usize, magic: &[u8; 6]) -> Option<(usize, u64)> {
     let bin = image.get(offset..offset + BINARY_SIZE)?;
     if &bin[..6] != magic || bin[6..8] != [0, 2] {
         return None;
@@ -50,6 +52,13 @@ fn intact(image: &[u8], offset: usize, magic: &[u8; 6]) -> Option<(usize, u64)> 
     if alg.split(|&b| b == 0).next() != Some(b"sha256".as_slice()) {
         return None;
     }
+    Some((size, be64(bin, OFF_SEQID)))
+}
+
+/// The header copy at `offset` if it is intact: (header size, sequence id).
+fn intact(image: &[u8], offset: usize, magic: &[u8; 6]) -> Option<(usize, u64)> {
+    let (size, _) = intact_binary(image, offset, magic)?;
+    let bin = image.get(offset..offset + BINARY_SIZE)?;
     let copy = image.get(offset..offset + size)?;
     let stored = &copy[OFF_CSUM..OFF_CSUM + CSUM_FIELD];
     (stored[..32] == checksum(copy) && stored[32..].iter().all(|&b| b == 0))
@@ -68,6 +77,39 @@ fn newest(image: &[u8]) -> Option<(usize, usize, u64)> {
         (Some(p), Some(s)) => Some(if s.2 > p.2 { s } else { p }),
         (p, s) => p.or(s),
     }
+}
+
+/// Header copies larger than this are left to libcryptsetup (16 KiB is the default).
+const PEEK_MAX: usize = 0x10000;
+
+/// The tokens of a device's newest intact header copy, read without libcryptsetup (None
+/// if anything is amiss): the unlock starts the TPM with them while libcryptsetup loads
+/// the header, and uses the result only if libcryptsetup's tokens are the same.
+pub fn peek_tokens(device: &std::path::Path) -> Option<Vec<super::volume::TokenEntry>> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(device).ok()?;
+    let mut image = vec![0u8; BINARY_SIZE];
+    file.read_exact(&mut image).ok()?;
+    let (size, _) = intact_binary(&image, 0, MAGIC_PRIMARY)?;
+    if size > PEEK_MAX {
+        return None;
+    }
+    image.resize(2 * size, 0);
+    file.read_exact(&mut image[BINARY_SIZE..]).ok()?;
+    let md: serde_json::Value = serde_json::from_slice(json(&image).ok()?).ok()?;
+    let mut out: Vec<_> = md
+        .get("tokens")?
+        .as_object()?
+        .iter()
+        .map(|(k, v)| {
+            Some(super::volume::TokenEntry {
+                id: k.parse().ok()?,
+                json: v.clone(),
+            })
+        })
+        .collect::<Option<_>>()?;
+    out.sort_by_key(|t| t.id);
+    Some(out)
 }
 
 /// The JSON metadata of the newest intact header copy in a header backup.

@@ -1,7 +1,7 @@
 //! LUKS2 through libcryptsetup. Knows nothing of the TPM: tokens are plain JSON here.
 
 mod finish_window;
-mod header;
+pub(crate) mod header;
 pub mod reencrypt;
 pub mod volume;
 

@@ -101,6 +101,11 @@ impl Tpm {
     }
 }
 
+// SAFETY: the ESAPI and TCTI contexts have no thread affinity; `Tpm` is used through `&mut`,
+// by one thread at a time (the unlock unseals on a second thread while the first loads the
+// LUKS2 header, and joins it before touching the TPM again).
+unsafe impl Send for Tpm {}
+
 impl Drop for Tpm {
     fn drop(&mut self) {
         // A spare session nobody used would hold a slot of a TPM without a resource manager.
