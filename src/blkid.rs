@@ -1,8 +1,9 @@
 //! What a block device holds, as udev's own `blkid` builtin decides it (libblkid's safe
-//! probe over every superblock type): the boot path uses it to find a LUKS2 disk by UUID as
-//! soon as the kernel makes the disk's node, without waiting for udev's /dev/disk/by-uuid
-//! link. The same probe udev runs, so a RAID member (whose copy of the header is no volume
-//! of its own) or an ambiguous device is no LUKS device here either.
+//! probe): the boot path uses it to find a LUKS2 disk by UUID as soon as the kernel makes
+//! the disk's node, without waiting for udev's /dev/disk/by-uuid link. Only the RAID and
+//! crypto signatures are probed (the file system probers would only slow the boot): a RAID
+//! member (whose copy of the header is no volume of its own) or a device with two such
+//! signatures is no LUKS device here, as for udev.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::os::unix::ffi::OsStrExt;
@@ -10,6 +11,9 @@ use std::path::Path;
 
 const BLKID_SUBLKS_UUID: c_int = 1 << 3;
 const BLKID_SUBLKS_TYPE: c_int = 1 << 5;
+const BLKID_FLTR_ONLYIN: c_int = 2;
+const BLKID_USAGE_RAID: c_int = 1 << 2;
+const BLKID_USAGE_CRYPTO: c_int = 1 << 3;
 
 #[link(name = "blkid")]
 unsafe extern "C" {
@@ -17,6 +21,7 @@ unsafe extern "C" {
     fn blkid_free_probe(pr: *mut c_void);
     fn blkid_probe_enable_superblocks(pr: *mut c_void, enable: c_int) -> c_int;
     fn blkid_probe_set_superblocks_flags(pr: *mut c_void, flags: c_int) -> c_int;
+    fn blkid_probe_filter_superblocks_usage(pr: *mut c_void, flag: c_int, usage: c_int) -> c_int;
     fn blkid_do_safeprobe(pr: *mut c_void) -> c_int;
     fn blkid_probe_lookup_value(
         pr: *mut c_void,
@@ -52,6 +57,11 @@ pub fn probe(device: &Path) -> Result<Option<Identity>, String> {
         unsafe {
             if blkid_probe_enable_superblocks(pr, 1) != 0
                 || blkid_probe_set_superblocks_flags(pr, BLKID_SUBLKS_TYPE | BLKID_SUBLKS_UUID) != 0
+                || blkid_probe_filter_superblocks_usage(
+                    pr,
+                    BLKID_FLTR_ONLYIN,
+                    BLKID_USAGE_RAID | BLKID_USAGE_CRYPTO,
+                ) != 0
             {
                 return Err("blkid refused its probe settings".to_string());
             }

@@ -145,6 +145,10 @@ impl Scan {
             }
             let node = self.dev.join(&name);
             self.found.retain(|(_, p)| *p != node);
+            // Only what starts with a LUKS2 header is worth libblkid's probe.
+            if !starts_as_luks2(&node) {
+                continue;
+            }
             log::debug!("{}: probing", node.display());
             match blkid::probe(&node) {
                 Ok(Some(id)) if id.kind == "crypto_LUKS" => {
@@ -194,6 +198,17 @@ impl Scan {
 impl Default for Scan {
     fn default() -> Self {
         Scan::new()
+    }
+}
+
+/// Whether the device's first bytes are a LUKS2 binary header's magic and version. A device
+/// that cannot be read yet counts as one: libblkid's probe reports it, and it is tried again.
+fn starts_as_luks2(node: &Path) -> bool {
+    use std::io::Read;
+    let mut head = [0u8; 8];
+    match std::fs::File::open(node).and_then(|mut f| f.read_exact(&mut head)) {
+        Ok(()) => head == *b"LUKS\xba\xbe\x00\x02",
+        Err(_) => true,
     }
 }
 
