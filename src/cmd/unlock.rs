@@ -190,8 +190,10 @@ fn unlock_volume(
     let mut header = vol.tokens().map_err(|e| fail(e.into()))?;
     log::debug!("{}: {} token(s) read", device.display(), header.len());
     if let Some((plan, json, secret)) = early {
-        // Used only if libcryptsetup read the very token the TPM unsealed.
-        if header.iter().any(|t| t.id == plan.id && t.json == json) {
+        // Used only if libcryptsetup read the very token the TPM unsealed, and no first boot
+        // is pending in its reading either.
+        let same = header.iter().any(|t| t.id == plan.id && t.json == json);
+        if same && matches!(firstboot::find_in(&header), Ok(None)) {
             match open_with_secret(&mut vol, &plan, secret, name, test) {
                 Ok(vk) => return Ok((uuid, vk)),
                 Err(e) => log::debug!("{}: {e}; trying every token", device.display()),
