@@ -197,16 +197,21 @@ fn unlock_exit(root: &Root, out: &str) -> Option<i32> {
     text[at..].split(')').next()?.parse().ok()
 }
 
+/// Makes the root's disk image appear as /late.img after `secs` seconds.
+fn disk_appears_after(root: &Root, secs: u64) -> std::thread::JoinHandle<()> {
+    let (from, to) = (root.dir.join("disk.img"), root.dir.join("late.img"));
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(secs));
+        std::fs::rename(from, to).unwrap();
+    })
+}
+
 #[test]
 fn a_disk_that_appears_late_is_waited_for() {
     let Some((f, bin)) = setup() else { return };
     let root = make_root(&f, &bin, "root /late.img\n");
     // The disk shows up 2 s into the 10 s wait (as a slow controller's would).
-    let (from, to) = (root.dir.join("disk.img"), root.dir.join("late.img"));
-    let mover = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(2));
-        std::fs::rename(from, to).unwrap();
-    });
+    let mover = disk_appears_after(&root, 2);
     let started = std::time::Instant::now();
     let (_, out) = root.boot("quiet", &[]);
     mover.join().unwrap();
@@ -225,11 +230,7 @@ fn a_disk_that_appears_late_is_waited_for() {
 fn a_disk_later_than_the_timeout_is_reported_missing() {
     let Some((f, bin)) = setup() else { return };
     let root = make_root(&f, &bin, "root /late.img\n");
-    let (from, to) = (root.dir.join("disk.img"), root.dir.join("late.img"));
-    let mover = std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        std::fs::rename(from, to).unwrap();
-    });
+    let mover = disk_appears_after(&root, 3);
     let (_, out) = root.boot("quiet sealroot.timeout=1", &[]);
     mover.join().unwrap();
     assert_eq!(unlock_exit(&root, &out), Some(7), "{out}");
