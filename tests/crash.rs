@@ -27,7 +27,6 @@ mod common;
 
 use std::collections::BTreeSet;
 use std::io::Read;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,7 +35,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tempfile::TempDir;
 
-use common::{PASSPHRASE, Swtpm, bin};
+use common::{PASSPHRASE, Swtpm};
 
 /// The operations sharing `SEALROOT_CRASH_TRIALS`.
 const OPERATIONS: usize = 5;
@@ -137,21 +136,8 @@ struct Proc {
 
 impl Proc {
     fn spawn(args: &[String]) -> Proc {
-        let mut cmd = Command::new(bin());
-        cmd.args(args)
-            .env_remove("SEALROOT_TCTI")
-            .env_remove("SEALROOT_CRASH_AT")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: setsid is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                nix::unistd::setsid()
-                    .map(|_| ())
-                    .map_err(std::io::Error::from)
-            });
-        }
+        let mut cmd = common::sealroot_command(args);
+        cmd.env_remove("SEALROOT_CRASH_AT").stdin(Stdio::null());
         Proc {
             child: Some(cmd.spawn().expect("spawn sealroot")),
             name: args.first().cloned().unwrap_or_default(),

@@ -299,18 +299,7 @@ fn with_an_attacker_storage_key_no_session_reaches_the_bus() {
 #[test]
 fn a_tpm_in_lockout_is_reported_before_anyone_types_a_pin() {
     let f = Fixture::new();
-    let pin = f.write("pin", b"2468\n");
-    f.enroll(&["--pin", "--pin-file", pin.to_str().unwrap()]);
-    f.tpm.tools(&[
-        "tpm2_dictionarylockout",
-        "--setup-parameters",
-        "--max-tries=1",
-        "--recovery-time=600",
-        "--lockout-recovery-time=600",
-    ]);
-    let wrong = f.write("wrong", b"1357\n");
-    let r = f.unlock_test(&["--no-fence", "--pin-file", wrong.to_str().unwrap()]);
-    assert_eq!(r.code, 6, "{}", r.stderr);
+    f.enroll_pin_then_lock_out("2468");
     // Now in lockout: an askpass that records being run must never be run.
     let asked = f.path("asked");
     let askpass = f.write(

@@ -154,17 +154,7 @@ impl Swtpm {
     /// Runs a tpm2-tools command against this TPM: an implementation independent of
     /// sealroot's, so the tests do not check sealroot against itself. Returns stdout.
     pub fn tools(&self, args: &[&str]) -> String {
-        let out = Command::new(args[0])
-            .args(&args[1..])
-            .env("TPM2TOOLS_TCTI", self.tcti())
-            .output()
-            .expect("run tpm2-tools");
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        Tools(&self.tcti()).tools(args)
     }
 
     /// Makes the TCG RSA-2048 SRK template persistent at 0x81000001 with tpm2-tools (before
@@ -305,6 +295,24 @@ impl Fixture {
         r
     }
 
+    /// Enrolls with PIN `pin`, then puts the TPM in dictionary-attack lockout (one try
+    /// allowed, 600 s to recover) with one wrong PIN. Returns the right PIN's file.
+    pub fn enroll_pin_then_lock_out(&self, pin: &str) -> PathBuf {
+        let file = self.write("pin", format!("{pin}\n").as_bytes());
+        self.enroll(&["--pin", "--pin-file", file.to_str().expect("utf8")]);
+        self.tpm.tools(&[
+            "tpm2_dictionarylockout",
+            "--setup-parameters",
+            "--max-tries=1",
+            "--recovery-time=600",
+            "--lockout-recovery-time=600",
+        ]);
+        let wrong = self.write("wrong", b"wrong-pin\n");
+        let r = self.unlock_test(&["--no-fence", "--pin-file", wrong.to_str().expect("utf8")]);
+        assert_eq!(r.code, 6, "a wrong PIN: {}", r.stderr);
+        file
+    }
+
     pub fn unlock_test(&self, extra: &[&str]) -> Run {
         let img = self.image.to_str().expect("utf8");
         let mut args = vec!["unlock", img, "root", "--test"];
@@ -421,13 +429,12 @@ pub fn run_with_stdin(args: &[&str], stdin: &[u8]) -> Run {
     run_with_env(args, stdin, &[])
 }
 
-/// The same with extra environment variables (what an initrd may inherit).
-pub fn run_with_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
+/// The binary with these arguments, without SEALROOT_TCTI from the test's environment, its
+/// output piped, in a new session (no controlling terminal: nothing can block on a prompt).
+pub fn sealroot_command<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Command {
     let mut cmd = Command::new(bin());
     cmd.args(args)
         .env_remove("SEALROOT_TCTI")
-        .envs(env.iter().copied())
-        .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     // SAFETY: setsid is async-signal-safe and touches no memory of ours.
@@ -438,6 +445,13 @@ pub fn run_with_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
                 .map_err(std::io::Error::from)
         });
     }
+    cmd
+}
+
+/// The same with extra environment variables (what an initrd may inherit).
+pub fn run_with_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Run {
+    let mut cmd = sealroot_command(args);
+    cmd.envs(env.iter().copied()).stdin(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn sealroot");
     if let Some(mut si) = child.stdin.take() {
         let _ = si.write_all(stdin);
@@ -673,9 +687,11 @@ pub fn unseal_independently_via(
     std::fs::read(&out).expect("unsealed secret")
 }
 
+/// tpm2-tools against the TPM behind a TCTI.
 struct Tools<'a>(&'a str);
 
 impl Tools<'_> {
+    /// Runs a tpm2-tools command, which must succeed; its stdout.
     fn tools(&self, args: &[&str]) -> String {
         let out = Command::new(args[0])
             .args(&args[1..])
