@@ -22,13 +22,13 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import e2e  # noqa: E402  (the VM suite's QEMU + OVMF + swtpm driver)
-from e2e import Failure, Guest  # noqa: E402
+import harness  # noqa: E402  (the VM suite's QEMU + OVMF + swtpm driver)
+from harness import Failure, Guest  # noqa: E402
 
 # A cloud VM's CPU (x86-64-v2 with AES-NI and RDRAND), still TCG. AES alone is not enough:
 # aesni_intel also runs SSSE3, SSE4.1 and PCLMULQDQ instructions; without them its
 # self-test dies on an invalid opcode and dm-crypt's table load times out (-ETIMEDOUT).
-e2e.GUEST_CPU = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2,+popcnt"
+harness.GUEST_CPU = "qemu64,+rdrand,+aes,+pclmulqdq,+ssse3,+sse4.1,+sse4.2,+popcnt"
 
 BOOTS = int(os.environ.get("BENCH_BOOTS", "6"))
 # printk.devkmsg=on: the kernel would otherwise drop all but 10 lines per 5 s from each

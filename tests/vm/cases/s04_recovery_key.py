@@ -1,0 +1,13 @@
+"""VM scenario: 4. PCR mismatch -> stock prompt -> recovery key."""
+
+from harness import (  # noqa: F401
+    need,
+)
+
+TITLE = '4. PCR mismatch -> stock prompt -> recovery key'
+
+
+def run(c):
+    g, changed = c.g, c.changed
+    text = g.boot("recovery-key", "check", cmdline=changed, answer=g.recovery_key)
+    need(text, r"sealroot: .*PCR policy mismatch", "mismatch before recovery")

@@ -1,0 +1,13 @@
+"""VM scenario: 5. no TPM -> stock prompt -> passphrase."""
+
+from harness import (  # noqa: F401
+    need,
+)
+
+TITLE = '5. no TPM -> stock prompt -> passphrase'
+
+
+def run(c):
+    g = c.g
+    text = g.boot("no-tpm", "check", tpm=False, answer=g.passphrase)
+    need(text, r"sealroot: .*TPM unavailable", "TPM absent message")
