@@ -3,7 +3,7 @@ the figures they print. State between them lives in the context's `gold`."""
 
 import re
 
-from harness import (  # noqa: F401
+from harness import (
     BOOT_TIMEOUT,
     Failure,
     GUEST_CPU,

@@ -1,6 +1,6 @@
 """VM scenario: PIN asked through the initrd's prompt: wrong, then right."""
 
-from harness import (  # noqa: F401
+from harness import (
     PIN,
     need,
 )

@@ -1,6 +1,6 @@
 """VM scenario: enroll PCRs 4+9+fence from the booted guest."""
 
-from harness import (  # noqa: F401
+from harness import (
     need,
 )
 

@@ -2,7 +2,7 @@
 
 import re
 
-from harness import (  # noqa: F401
+from harness import (
     kmsg_time,
     need,
 )

@@ -1,6 +1,6 @@
 """VM scenario: 2. command line changed: PCR 9 mismatch -> stock prompt -> passphrase."""
 
-from harness import (  # noqa: F401
+from harness import (
     fence_before_prompt,
     need,
 )

@@ -1,6 +1,6 @@
 """VM scenario: 4. PCR mismatch -> stock prompt -> recovery key."""
 
-from harness import (  # noqa: F401
+from harness import (
     need,
 )
 

@@ -1,6 +1,6 @@
 """VM scenario: 5. no TPM -> stock prompt -> passphrase."""
 
-from harness import (  # noqa: F401
+from harness import (
     need,
 )
 

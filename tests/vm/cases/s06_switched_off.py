@@ -1,6 +1,6 @@
 """VM scenario: 6. sealroot=off: stock prompt, and the fence holds in the booted root."""
 
-from harness import (  # noqa: F401
+from harness import (
     fence_before_prompt,
     need,
 )

@@ -5,7 +5,7 @@ import os
 import subprocess
 import uuid
 
-from harness import (  # noqa: F401
+from harness import (
     fence_before_prompt,
     need,
     sealroot_token,

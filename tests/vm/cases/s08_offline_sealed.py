@@ -4,7 +4,7 @@ import base64
 import os
 import subprocess
 
-from harness import (  # noqa: F401
+from harness import (
     Failure,
     SEALROOT,
     fence_before_prompt,

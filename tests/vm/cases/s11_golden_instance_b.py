@@ -4,7 +4,7 @@ import os
 import re
 import subprocess
 
-from harness import (  # noqa: F401
+from harness import (
     BOOT_TIMEOUT,
     Failure,
     SEALROOT,

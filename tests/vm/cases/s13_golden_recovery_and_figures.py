@@ -3,7 +3,7 @@
 import os
 import uuid
 
-from harness import (  # noqa: F401
+from harness import (
     BENCH_MIB,
     BOOT_TIMEOUT,
     HostSwtpm,

@@ -3,7 +3,7 @@
 import os
 import shutil
 
-from harness import (  # noqa: F401
+from harness import (
     Failure,
     SEALROOT,
     check_run,

@@ -4,7 +4,7 @@ import os
 import re
 import shutil
 
-from harness import (  # noqa: F401
+from harness import (
     BOOT_TIMEOUT,
     Failure,
     copy_sparse,
