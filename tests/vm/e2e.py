@@ -10,7 +10,7 @@ or trixie. Bookworm's initramfs-tools guest runs every scenario, its dracut gues
 core list; trixie's guests run the smoke list (see `main`).
 Every process started here (qemu, swtpm) is stopped by its PID, also on failure.
 
-One module per scenario in tests/vm/cases/ (`TITLE`, `run(c)`), run in the order below;
+One module per scenario in tests/vm/cases/ (`TITLE`, `run(ctx)`), run in the order below;
 the QEMU + OVMF + swtpm driver and the host-side checks are in tests/vm/harness.py.
 """
 

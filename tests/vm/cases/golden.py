@@ -14,14 +14,14 @@ from harness import (
 )
 
 
-def first_boot(c, name, disk, state):
+def first_boot(ctx, name, disk, state):
     """A golden instance's first boot in mode "provision": no prompt allowed, the
     initrd provisions, the booted root re-encrypts (finish-provisioning, as the systemd
     unit would) and prints the files' checksum. Returns the console log."""
-    g = c.g
+    g = ctx.g
     text = g.boot(name, "provision", disk=disk, tpm_state=state, persist=True,
                   timeout=2 * BOOT_TIMEOUT)
-    first_boot_asserts(c, text)
+    first_boot_asserts(ctx, text)
     need(text, r"^E2E-STATUS .*first-boot provisioning pending: done so far "
          r"\[new-key, sealed, escrowed, verified, reencrypt-started\]",
          "provisioning pending after the initrd")
@@ -34,7 +34,7 @@ def first_boot(c, name, disk, state):
     return text
 
 
-def first_boot_asserts(c, text):
+def first_boot_asserts(ctx, text):
     need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: (provisioning|resuming the provisioning "
          r"of) this instance", "provisioning in the initrd")
     need(text, r"^E2E-KMSG .*sealroot: /dev/\S+: this instance's keys are in place",
@@ -42,9 +42,9 @@ def first_boot_asserts(c, text):
     need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")
 
 
-def golden_figures(c, cs, sr):
+def golden_figures(ctx, cs, sr):
     """cs, sr: (seconds, bytes) of cryptsetup's and sealroot's offline passes."""
-    gold = c.gold
+    gold = ctx.gold
     a1, a2 = gold["a_first"], gold["a_second"]
     fin = need(a1, r"^E2E-FINISHED rc=0 seconds=([0-9.]+)", "finish time")
     online_seconds = float(fin.group(1))

@@ -8,8 +8,8 @@ from harness import (
 TITLE = "PIN asked through the initrd's prompt: wrong, then right"
 
 
-def run(c):
-    g = c.g
+def run(ctx):
+    g = ctx.g
     text = g.boot("enroll-pin", "enroll-pin", persist=True)
     need(text, r"^E2E-ENROLLED rc=0", "PIN enrollment")
     # A wrong PIN first: asked again (up to 3 tries), then the right one; no passphrase.

@@ -7,8 +7,8 @@ from harness import (
 TITLE = 'enroll PCRs 4+9+fence from the booted guest'
 
 
-def run(c):
-    g = c.g
+def run(ctx):
+    g = ctx.g
     # No token yet: sealroot finds nothing, cryptroot prompts, the real root enrolls.
     text = g.boot("enroll", "enroll", answer=g.passphrase, persist=True)
     need(text, r"^E2E-ENROLLED rc=0", "enrollment in the booted guest")

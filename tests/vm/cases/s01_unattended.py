@@ -10,8 +10,8 @@ from harness import (
 TITLE = '1. unlock with no prompt; 3. the fence holds in the booted root'
 
 
-def run(c):
-    g = c.g
+def run(ctx):
+    g = ctx.g
     text = g.boot("unlock", "check verify")
     need(text, r"^E2E-KMSG .*sealroot: /dev/\S+ unlocked as ", "sealroot unlock")
     need(text, r"^E2E-KMSG .*sealroot: fence PCR 15 extended", "fence")

@@ -7,7 +7,7 @@ from harness import (
 TITLE = '4. PCR mismatch -> stock prompt -> recovery key'
 
 
-def run(c):
-    g, changed = c.g, c.changed
+def run(ctx):
+    g, changed = ctx.g, ctx.changed
     text = g.boot("recovery-key", "check", cmdline=changed, answer=g.recovery_key)
     need(text, r"sealroot: .*PCR policy mismatch", "mismatch before recovery")

@@ -7,7 +7,7 @@ from harness import (
 TITLE = '5. no TPM -> stock prompt -> passphrase'
 
 
-def run(c):
-    g = c.g
+def run(ctx):
+    g = ctx.g
     text = g.boot("no-tpm", "check", tpm=False, answer=g.passphrase)
     need(text, r"sealroot: .*TPM unavailable", "TPM absent message")

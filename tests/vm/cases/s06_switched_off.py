@@ -8,8 +8,8 @@ from harness import (
 TITLE = '6. sealroot=off: stock prompt, and the fence holds in the booted root'
 
 
-def run(c):
-    g = c.g
+def run(ctx):
+    g = ctx.g
     # sealroot=off skips the unlock, not the fence.
     text = g.boot("sealroot-off", "check", cmdline=g.cmdline + " sealroot=off",
                   answer=g.passphrase)

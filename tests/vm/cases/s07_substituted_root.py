@@ -14,8 +14,8 @@ from harness import (
 TITLE = "7. substituted root with the victim's UUID and a fenceless token: fenced before the prompt, the real key stays sealed"
 
 
-def run(c):
-    g = c.g
+def run(ctx):
+    g = ctx.g
     # The attacker's disk: the victim's LUKS UUID, a passphrase the attacker knows, and a
     # copy of the victim's token edited to have no fence (here a copy of the victim's
     # disk, so the token would even open it). The victim's real header rides along as

@@ -16,7 +16,7 @@ from harness import (
 TITLE = "8. sealed offline on the host for a new instance's vTPM: unlocks with no prompt; under another vTPM -> stock prompt (initramfs-tools only)"
 
 
-def run(c):
+def run(ctx):
     """Issue 12: a new instance's disk sealed offline on the host before its first
     boot, for that instance's vTPM alone. (initramfs-tools only: the host side is the
     same for every flavour, and each boot costs about a minute of CI time.)
@@ -33,7 +33,7 @@ def run(c):
 
     The guest's initrd pins no SRK Name (build-guest.sh writes no sealroot.conf), as a
     golden image sealed per instance must not: a pinned Name is one instance's."""
-    g = c.g
+    g = ctx.g
     _, ref = sealroot_token(g.disk)
     if ref.get("tpm2_pcr_bank") != "sha256" or sorted(ref["tpm2_pcrs"]) != [4, 9, 15]:
         raise Failure(f"the reference token binds {ref.get('tpm2_pcr_bank')} PCRs "

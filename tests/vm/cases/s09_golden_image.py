@@ -17,13 +17,13 @@ from harness import (
 TITLE = '9. golden image (initramfs-tools only): provisioned on the host, escrow to an age recipient'
 
 
-def run(c):
+def run(ctx):
     """The builder's side, on the host: a copy of the guest's pristine disk (the
     passphrase keyslot only) marked by `sealroot provision --pcrs 4,9 --escrow` with
     the recipient of an age identity made here. No TPM, no device-mapper. The
     provisioning key, in the header in clear, opens the image (the control for the
     checks that it opens no instance)."""
-    g, gold = c.g, c.gold
+    g, gold = ctx.g, ctx.gold
     if not (os.path.isfile(SEALROOT) and os.access(SEALROOT, os.X_OK)):
         raise Failure(f"no host sealroot at {SEALROOT} (make static, or set E2E_SEALROOT)")
     d = os.path.join(g.work, "golden")

@@ -13,7 +13,7 @@ from cases import golden
 TITLE = '10. golden instance A (initramfs-tools only): first boot provisions with no input, re-encrypts after switch-root; second boot: TPM, no prompt'
 
 
-def run(c):
+def run(ctx):
     """Instance A's first boot: a copy of the golden image, a fresh vTPM state (no SRK:
     provisioning creates it), no answer at any prompt. The initrd's `sealroot unlock`
     provisions (new key, sealed to this TPM's PCRs 4 and 9, recovery key escrowed,
@@ -21,12 +21,12 @@ def run(c):
     in the booted root `sealroot finish-provisioning` re-encrypts online (timed), and
     then nothing is pending. The files' checksum is compared with instance B's, taken
     before any of its data moved (golden_instance_b)."""
-    g, gold = c.g, c.gold
+    g, gold = ctx.g, ctx.gold
     gold["a"] = a = os.path.join(gold["dir"], "a.img")
     copy_sparse(gold["image"], a)
     gold["tpm_a"] = state = os.path.join(gold["dir"], "tpm-a")
     os.makedirs(state)
-    text = golden.first_boot(c, "golden-a-first", a, state)
+    text = golden.first_boot(ctx, "golden-a-first", a, state)
     gold["a_first"] = text
     gold["sums_a"] = need(text, r"^E2E-SUMS ([0-9a-f]{64}) ", "checksum").group(1)
     gold["finish_seconds"] = float(need(text, r"^E2E-FINISHED rc=0 seconds=([0-9.]+)",

@@ -17,7 +17,7 @@ from cases import golden
 TITLE = '11. golden instance B (initramfs-tools only): power cut mid re-encryption; the next boot finishes it, files intact; then TPM, no prompt'
 
 
-def run(c):
+def run(ctx):
     """Instance B (its own fresh vTPM): the first boot prints the files' checksum before
     any data moves (the image's files, through the image's key), starts
     finish-provisioning and, after 30% of instance A's pass time, waits until the next
@@ -30,7 +30,7 @@ def run(c):
     libcryptsetup restores the torn hotzone from its checksums) and the booted root
     finishes: same checksum as before the cut and as instance A. The third boot unlocks
     with the TPM, no prompt."""
-    g, gold = c.g, c.gold
+    g, gold = ctx.g, ctx.gold
     gold["b"] = b = os.path.join(gold["dir"], "b.img")
     copy_sparse(gold["image"], b)
     gold["tpm_b"] = state = os.path.join(gold["dir"], "tpm-b")
@@ -39,7 +39,7 @@ def run(c):
     text = g.boot("golden-b-cut", f"provision-crash {wait}", disk=b, tpm_state=state,
                   persist=True, kill_on="E2E-IN-HOTZONE", kill_after=0,
                   timeout=2 * BOOT_TIMEOUT)
-    golden.first_boot_asserts(c, text)
+    golden.first_boot_asserts(ctx, text)
     before = need(text, r"^E2E-SUMS-BEFORE ([0-9a-f]{64}) ", "checksum before").group(1)
     need(text, r"^E2E-IN-HOTZONE", "a hotzone in flight at the cut")
     if "E2E-FINISHED" in text:
@@ -62,7 +62,7 @@ def run(c):
     need(status.stdout, r"^re-encryption: interrupted", "sealroot status after the cut")
     print(f"  host: sealroot status b.img: "
           f"{need(status.stdout, r'^re-encryption: .*$', 'status').group(0)}", flush=True)
-    text = golden.first_boot(c, "golden-b-resumed", b, state)
+    text = golden.first_boot(ctx, "golden-b-resumed", b, state)
     after = need(text, r"^E2E-SUMS ([0-9a-f]{64}) ", "checksum after").group(1)
     gold["b_resumed"] = text
     if not (before == after == gold.get("sums_a", after)):

@@ -17,7 +17,7 @@ from harness import (
 TITLE = '12. golden instances on the host (initramfs-tools only): provisioning key opens neither; keys differ; the image key no longer decrypts; escrows decrypt with age'
 
 
-def run(c):
+def run(ctx):
     """On the host, on the instances' disk images: the provisioning key (read from the
     golden image's token) and the builder's passphrase open neither instance (they do
     open the golden image); each instance's escrow (`sealroot escrow show`), decrypted
@@ -26,7 +26,7 @@ def run(c):
     decrypts an instance's first data sector (an ext4 superblock with the instance's
     own key, and with the image's key on the golden image); and each instance's whole
     data segment, decrypted with its own key, is byte for byte the image's."""
-    g, gold = c.g, c.gold
+    g, gold = ctx.g, ctx.gold
     d, image = gold["dir"], gold["image"]
     for label in ("a", "b"):
         img = gold[label]

@@ -19,7 +19,7 @@ from cases import golden
 TITLE = '13. golden instance A (initramfs-tools only): escrowed recovery key at the stock prompt; cryptsetup reencrypt figures'
 
 
-def run(c):
+def run(ctx):
     """Instance A booted with another, fresh vTPM (its sealed key cannot unseal there):
     the stock prompt, after the fence; the recovery key decrypted from A's escrow with
     age, typed at it, opens the root. The same boot times `cryptsetup reencrypt` and
@@ -27,7 +27,7 @@ def run(c):
     size (E2E_BENCH_MIB of data), both offline with the same parameters: the pristine
     disk, and the golden image whose first-boot part the host did with `sealroot
     first-boot` and a throwaway swtpm. Prints the figures."""
-    g, gold = c.g, c.gold
+    g, gold = ctx.g, ctx.gold
     state = os.path.join(gold["dir"], "tpm-other")
     os.makedirs(state)
     cs = os.path.join(gold["dir"], "bench-cryptsetup.img")
@@ -60,5 +60,5 @@ def run(c):
              "cryptsetup reencrypt in the guest")
     r = need(text, r"^E2E-SEALROOT-REENCRYPT rc=0 seconds=([0-9.]+) bytes=(\d+)",
              "sealroot finish-provisioning (offline) in the guest")
-    golden.golden_figures(c, (float(c.group(1)), int(c.group(2))),
+    golden.golden_figures(ctx, (float(c.group(1)), int(c.group(2))),
                    (float(r.group(1)), int(r.group(2))))

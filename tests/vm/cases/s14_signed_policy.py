@@ -21,7 +21,7 @@ from harness import (
 TITLE = '14. signed policy (initramfs-tools only): an updated initrd prompts until approved, then unlocks with no prompt; the old one still does'
 
 
-def run(c):
+def run(ctx):
     """Issue 14: an initrd update under a signed policy, no resealing. A fresh vTPM S
     (its SRK from `srk-public`) and a pristine copy of the guest's disk sealed offline
     to S with `enroll --srk-public --policy-key` (ECDSA P-256, made here with openssl):
@@ -43,7 +43,7 @@ def run(c):
       and the new initrd, one approval in the header): the updated initrd unlocks
       with no prompt, the fence holds in the booted root;
     - the stock initrd again: unlocks with no prompt through the other branch."""
-    g = c.g
+    g = ctx.g
     _, ref = sealroot_token(g.disk)
     if ref.get("tpm2_pcr_bank") != "sha256" or sorted(ref["tpm2_pcrs"]) != [4, 9, 15]:
         raise Failure(f"the reference token binds {ref.get('tpm2_pcr_bank')} PCRs "

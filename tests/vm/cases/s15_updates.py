@@ -23,7 +23,7 @@ from harness import (
 TITLE = '15. updates keep unlocking (initramfs-tools only): a local approval key; update-initramfs with a new command line approves the next boot from the booted system; an initrd swapped behind its back prompts'
 
 
-def run(c):
+def run(ctx):
     """Scenario 15 (initramfs-tools only): kernel, initrd and command line updates keep
     unlocking, approved from the booted system by a local policy key. A fresh copy of
     the guest's disk (the passphrase keyslot only, persisted across these boots) and a
@@ -45,7 +45,7 @@ def run(c):
     - boot 4: the initrd on the /boot disk replaced behind the hooks' back (one file
       appended): the stock prompt after the fence, the passphrase; status in the booted
       root says PCR 9 differs because of the initrd."""
-    g = c.g
+    g = ctx.g
     d = os.path.join(g.work, "updates")
     if os.path.exists(d):
         shutil.rmtree(d)
