@@ -181,15 +181,20 @@ impl Scan {
 
     /// Where `source` is now, if it is there.
     pub fn locate(&mut self, source: &Source) -> Option<PathBuf> {
+        if matches!(source, Source::Uuid(_)) {
+            self.refresh();
+        }
+        self.look(source)
+    }
+
+    /// The same from what the last refresh saw.
+    fn look(&self, source: &Source) -> Option<PathBuf> {
         let link = source.path();
         if link.exists() {
             return Some(link);
         }
         match source {
-            Source::Uuid(uuid) => {
-                self.refresh();
-                self.lookup(uuid)
-            }
+            Source::Uuid(uuid) => self.lookup(uuid),
             _ => None,
         }
     }
@@ -223,9 +228,17 @@ pub fn wait(
 ) -> Vec<PathBuf> {
     let mut found: Vec<Option<PathBuf>> = vec![None; sources.len()];
     loop {
+        // One look at the kernel's devices per round, however many volumes wait on it.
+        let scanning = found
+            .iter()
+            .zip(sources)
+            .any(|(slot, source)| slot.is_none() && matches!(source, Source::Uuid(_)));
+        if scanning {
+            scan.refresh();
+        }
         for (slot, source) in found.iter_mut().zip(sources) {
             if slot.is_none() {
-                *slot = scan.locate(source);
+                *slot = scan.look(source);
             }
         }
         if found.iter().all(Option::is_some) || Instant::now() >= deadline {

@@ -189,11 +189,12 @@ fn unlock_volume(
     // The header's JSON, read once (again only after a first-boot attempt).
     let mut header = vol.tokens().map_err(|e| fail(e.into()))?;
     log::debug!("{}: {} token(s) read", device.display(), header.len());
+    let first_boot = firstboot::find_in(&header);
     if let Some((plan, json, secret)) = early {
         // Used only if libcryptsetup read the very token the TPM unsealed, and no first boot
         // is pending in its reading either.
         let same = header.iter().any(|t| t.id == plan.id && t.json == json);
-        if same && matches!(firstboot::find_in(&header), Ok(None)) {
+        if same && matches!(first_boot, Ok(None)) {
             match open_with_secret(&mut vol, &plan, secret, name, test) {
                 Ok(vk) => return Ok((uuid, vk)),
                 Err(e) => log::debug!("{}: {e}; trying every token", device.display()),
@@ -206,7 +207,7 @@ fn unlock_volume(
         }
     }
     // An image's first boot: provisioning opens the volume (and makes it this instance's).
-    match firstboot::find_in(&header) {
+    match first_boot {
         Ok(Some(_)) if !a.provision => console::error(&format!(
             "{} awaits its first-boot provisioning, which --test does not do (`sealroot first-boot` does, offline)",
             device.display()
@@ -332,18 +333,14 @@ fn early_plan(
     if firstboot::find_in(&tokens).ok()?.is_some() {
         return None;
     }
-    let (_, id, json) = tokens
+    let (_, _, json, planned) = tokens
         .iter()
-        .filter(|t| tokens::plan(t.id, &t.json).is_some())
-        .map(|t| {
-            (
-                tokens::unlock_order(tokens::token_type(&t.json)),
-                t.id,
-                &t.json,
-            )
+        .filter_map(|t| {
+            let order = tokens::unlock_order(tokens::token_type(&t.json));
+            Some((order, t.id, &t.json, tokens::plan(t.id, &t.json)?))
         })
-        .min_by_key(|(order, id, _)| (*order, *id))?;
-    let mut plan = tokens::plan(id, json)?.ok()?;
+        .min_by_key(|(order, id, _, _)| (*order, *id))?;
+    let mut plan = planned.ok()?;
     plan.admit(a.trust).ok()?;
     plan.load_signatures(a.signature);
     plan.load_approvals(&tokens, a.approvals);
